@@ -1,0 +1,1 @@
+"""The tier models: committed LiteRT files, their manifest, evaluation and (optionally) training."""

@@ -1,0 +1,38 @@
+"""``edgebed models ...``: evaluate (and retrain) the committed tier models."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="evaluate or retrain the tier models")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION")
+
+    ev = msub.add_parser("eval", help="recompute the manifest's accuracies with LiteRT only")
+    ev.add_argument("--check", action="store_true", help="exit 1 if any figure differs from the manifest")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.set_defaults(func=_eval)
+
+    tr = msub.add_parser("train", help="retrain all models (needs the 'train' extra: TensorFlow)")
+    tr.add_argument("--mnist", default=None, help="MNIST: folder with the four IDX .gz files, or a Keras mnist.npz (default: Keras download)")
+    tr.add_argument("--out", default=None, help="output folder for models (default: the package's models/)")
+    tr.add_argument("--data-out", default=None, help="output folder for the evaluation set (default: data/)")
+    tr.add_argument("--seed", type=int, default=1234)
+    tr.add_argument("--train-limit", type=int, default=None, help="use only this many training images (smoke tests)")
+    tr.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every model's epochs (smoke tests)")
+    tr.set_defaults(func=_train)
+
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from models.evaluate import main as eval_main
+
+    return eval_main(check=args.check, as_json=args.json)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from models.training.pipeline import main as train_main
+
+    return train_main(args)

@@ -1,0 +1,1 @@
+"""Emulated links: link specs, tc netem and userspace proxy backends, fidelity probe."""

@@ -1,0 +1,1 @@
+"""Orchestrator: workloads, arrival processes, routing policies, replay, records and summaries."""

@@ -1,0 +1,1 @@
+"""Shared FastAPI tier server: one app factory, three tier configs."""
