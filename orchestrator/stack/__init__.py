@@ -1,0 +1,1 @@
+"""The local stack: experiment files; starting/stopping tiers, links, Prometheus on loopback."""

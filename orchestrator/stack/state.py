@@ -1,0 +1,63 @@
+"""The local stack's state file: what ``edgebed up`` started (PIDs, ports, URLs) for ``down``.
+
+The file is rewritten after every process start, so even an ``up`` that dies half-way leaves a
+record that ``edgebed down`` can use to stop exactly what was started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from orchestrator.stack.procs import ProcessRecord
+
+STATE_FILE = "stack.json"
+DEFAULT_STATE_DIR = ".edgebed"
+
+
+def default_state_dir() -> Path:
+    """``$EDGEBED_STATE_DIR`` or ``.edgebed`` under the working directory."""
+    return Path(os.environ.get("EDGEBED_STATE_DIR", DEFAULT_STATE_DIR)).resolve()
+
+
+class StackState(BaseModel):
+    version: int = 1
+    state_dir: str
+    experiment_path: str | None = None
+    started_unix: float = Field(default_factory=time.time)
+    processes: list[ProcessRecord] = Field(default_factory=list)
+    tier_urls: dict[str, str] = Field(default_factory=dict)  # tier name -> direct URL
+    target_urls: dict[str, str] = Field(default_factory=dict)  # tier name -> URL through its link
+    link_backend: str = "none"
+    link_backend_reason: str = ""
+    link_control_urls: dict[str, str] = Field(default_factory=dict)
+    prometheus_url: str | None = None
+    prometheus_note: str = ""
+    scrape_interval_s: float = 5.0
+    orchestrator_metrics_port: int | None = None
+
+    def path(self) -> Path:
+        return Path(self.state_dir) / STATE_FILE
+
+    def save(self) -> None:
+        p = self.path()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.model_dump(), indent=2))
+        tmp.replace(p)
+
+
+def load_state(state_dir: Path) -> StackState | None:
+    p = Path(state_dir) / STATE_FILE
+    if not p.exists():
+        return None
+    return StackState.model_validate_json(p.read_text())
+
+
+def remove_state(state_dir: Path) -> None:
+    p = Path(state_dir) / STATE_FILE
+    p.unlink(missing_ok=True)
