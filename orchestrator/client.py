@@ -1,0 +1,184 @@
+"""One HTTP attempt against a tier (``/v1/infer`` binary body, ``/v1/generate``), as an ``Attempt``.
+
+Every failure mode (connection refused, timeout, 503, other HTTP status, dropped connection)
+becomes an ``Attempt`` with its ``outcome``; nothing raises out of ``run_attempt``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+
+from orchestrator.profiles import split_route
+from orchestrator.workload import Request
+
+OUTCOMES: tuple[str, ...] = (
+    "ok",
+    "timeout",
+    "refused",
+    "overloaded",
+    "http_error",
+    "disconnected",
+    "error",
+    "cancelled",
+)
+
+
+@dataclass
+class Attempt:
+    """What one attempt on one route cost and returned (times in ms, energy in mJ)."""
+
+    route: str
+    outcome: str = "error"
+    status_code: int = 0
+    start_ms: float = 0.0  # when the attempt was sent, relative to the request's intended send
+    latency_ms: float = 0.0  # wall time of this attempt alone (send → answer or failure)
+    service_ms: float = 0.0  # time inside the tier (its timing.service_ms / total)
+    queue_ms: float = 0.0  # tier queue
+    device_ms: float = 0.0  # emulated device time (profile mode) or real compute (real mode)
+    compute_ms: float = 0.0  # real LiteRT compute on this host
+    network_ms: float = 0.0  # latency_ms - service_ms: link + HTTP + client overhead
+    prediction: int = -1
+    confidence: float = float("nan")
+    quality: float = float("nan")
+    tokens: int = 0
+    remote_energy_mj: float = 0.0  # energy the tier reports for this request
+    tier_simulator_mj: float = float("nan")
+    bytes_tx: int = 0
+    bytes_rx: int = 0
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+    @property
+    def tier(self) -> str:
+        return self.route.split("/", 1)[0]
+
+    @property
+    def model(self) -> str:
+        return self.route.split("/", 1)[1]
+
+    def brief(self) -> dict[str, Any]:
+        """Compact form kept in records.csv's ``attempts_json`` column."""
+        d = asdict(self)
+        d.pop("extra", None)
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def _request_bytes(req: httpx.Request) -> int:
+    head = f"{req.method} {req.url.raw_path.decode()} HTTP/1.1\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items()) + "\r\n"
+    return len(head.encode()) + len(req.content)
+
+
+def _response_bytes(resp: httpx.Response) -> int:
+    head = f"HTTP/1.1 {resp.status_code} {resp.reason_phrase}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in resp.headers.items()) + "\r\n"
+    return len(head.encode()) + len(resp.content)
+
+
+def build_http_request(
+    client: httpx.AsyncClient, base_url: str, route: str, request: Request
+) -> httpx.Request:
+    """The HTTP request for ``route`` (pure apart from httpx's request object)."""
+    _, model = split_route(route)
+    base = base_url.rstrip("/")
+    headers = {"x-request-id": str(request.id)}
+    if request.kind == "cv":
+        return client.build_request(
+            "POST",
+            f"{base}/v1/infer",
+            params={"model": model},
+            content=request.image,
+            headers={**headers, "content-type": "application/octet-stream"},
+        )
+    body = {
+        "model": model,
+        "prompt": request.prompt,
+        "max_tokens": request.max_tokens,
+        "stream": False,
+    }
+    return client.build_request("POST", f"{base}/v1/generate", json=body, headers=headers)
+
+
+def parse_answer(attempt: Attempt, payload: dict[str, Any]) -> None:
+    """Fill ``attempt`` from a tier's 200 answer (docs/api.md)."""
+    timing = payload.get("timing") or {}
+    energy = payload.get("energy") or {}
+    attempt.queue_ms = float(timing.get("queue_ms", 0.0) or 0.0)
+    attempt.compute_ms = float(timing.get("compute_ms", 0.0) or 0.0)
+    attempt.device_ms = float(
+        timing.get("emulated_ms", timing.get("total_ms", attempt.compute_ms)) or 0.0
+    )
+    attempt.service_ms = float(timing.get("service_ms", timing.get("total_ms", 0.0)) or 0.0)
+    attempt.remote_energy_mj = float(energy.get("energy_mj", 0.0) or 0.0)
+    attempt.tier_simulator_mj = float(energy.get("simulator_mj", float("nan")))
+    if "prediction" in payload:
+        attempt.prediction = int(payload["prediction"])
+    if "confidence" in payload and payload["confidence"] is not None:
+        attempt.confidence = float(payload["confidence"])
+    if "quality" in payload and payload["quality"] is not None:
+        attempt.quality = float(payload["quality"])
+        if attempt.confidence != attempt.confidence:  # LM: the simulator's mean confidence
+            attempt.confidence = min(0.999, 0.6 + 0.3 * attempt.quality)
+    if "tokens" in payload:
+        tokens = payload["tokens"]
+        attempt.tokens = int(tokens if isinstance(tokens, int | float) else len(tokens))
+
+
+async def run_attempt(
+    client: httpx.AsyncClient,
+    base_url: str,
+    route: str,
+    request: Request,
+    *,
+    timeout_s: float,
+    t_intended: float,
+) -> Attempt:
+    """Send one attempt and classify what happened; never raises (except cancellation)."""
+    attempt = Attempt(route=route)
+    t0 = time.perf_counter()
+    attempt.start_ms = (t0 - t_intended) * 1e3
+    if timeout_s <= 0:
+        attempt.outcome = "timeout"
+        attempt.error = "request budget exhausted before this attempt"
+        return attempt
+    try:
+        http_req = build_http_request(client, base_url, route, request)
+        attempt.bytes_tx = _request_bytes(http_req)
+        resp = await client.send(
+            http_req, extensions={"timeout": httpx.Timeout(timeout_s).as_dict()}
+        )
+        attempt.status_code = resp.status_code
+        attempt.bytes_rx = _response_bytes(resp)
+        if resp.status_code == 200:
+            parse_answer(attempt, resp.json())
+            attempt.outcome = "ok"
+        elif resp.status_code == 503:
+            attempt.outcome = "overloaded"
+            attempt.error = resp.text[:200]
+        else:
+            attempt.outcome = "http_error"
+            attempt.error = resp.text[:200]
+    except httpx.TimeoutException as exc:
+        attempt.outcome = "timeout"
+        attempt.error = f"{type(exc).__name__} after {timeout_s:.3f} s"
+    except httpx.ConnectError as exc:
+        attempt.outcome = "refused"
+        attempt.error = f"{type(exc).__name__}: {exc}"[:200]
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        attempt.outcome = "disconnected"
+        attempt.error = f"{type(exc).__name__}: {exc}"[:200]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        attempt.outcome = "error"
+        attempt.error = f"{type(exc).__name__}: {exc}"[:200]
+    attempt.latency_ms = (time.perf_counter() - t0) * 1e3
+    attempt.network_ms = max(0.0, attempt.latency_ms - attempt.service_ms)
+    return attempt

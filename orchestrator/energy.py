@@ -1,0 +1,118 @@
+"""Energy models (registry keyed by config name): what one request cost, in mJ.
+
+All energy figures are EMULATED: the tiers report modelled energy and the device radio is a
+power model, not a measurement.
+
+- ``device`` (default): the device's own energy plus what remote tiers report. For each attempt
+  on the MCU tier (the device itself) the MCU's reported compute energy; for each attempt on a
+  remote tier the device radio: transmit ``bytes_tx`` at ``uplink_kbps`` drawing ``tx_power_mw``,
+  receive ``bytes_rx`` at ``downlink_kbps`` drawing ``rx_power_mw``, and wait the rest of the
+  attempt's wall time drawing ``wait_power_mw``; plus the remote tier's reported ``energy_mj``.
+  Rejected and failed attempts count too.
+- ``simulator``: the teaching simulator's formula on the accepted attempt only,
+  ``energy_factor(tier) × latency_ms × 0.02`` (network wait included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.client import Attempt
+from orchestrator.profiles import SIM_ENERGY_FACTOR, SIM_ENERGY_MJ_PER_MS
+
+
+@dataclass(frozen=True)
+class EnergyBreakdown:
+    energy_mj: float  # what the selected model charges the request
+    device_energy_mj: float  # device side (MCU compute + radio + waiting)
+    remote_energy_mj: float  # reported by remote tiers
+    sim_energy_mj: float  # simulator formula on the accepted attempt (always computed)
+
+
+class EnergyModel(Protocol):
+    name: str
+
+    def account(self, attempts: Sequence[Attempt], accepted: Attempt | None) -> EnergyBreakdown: ...
+
+
+ENERGY_MODELS: dict[str, Callable[..., EnergyModel]] = {}
+
+
+def register_energy_model(
+    name: str,
+) -> Callable[[Callable[..., EnergyModel]], Callable[..., EnergyModel]]:
+    def deco(factory: Callable[..., EnergyModel]) -> Callable[..., EnergyModel]:
+        ENERGY_MODELS[name] = factory
+        return factory
+
+    return deco
+
+
+def simulator_energy_mj(accepted: Attempt | None) -> float:
+    if accepted is None or not accepted.ok:
+        return 0.0
+    return SIM_ENERGY_FACTOR[accepted.tier] * accepted.latency_ms * SIM_ENERGY_MJ_PER_MS
+
+
+class RadioModel(BaseModel):
+    """Device radio power model (defaults: order of magnitude of an ESP32-class Wi-Fi radio)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tx_power_mw: float = Field(600.0, ge=0)
+    rx_power_mw: float = Field(300.0, ge=0)
+    wait_power_mw: float = Field(100.0, ge=0)
+    uplink_kbps: float = Field(6000.0, gt=0)
+    downlink_kbps: float = Field(6000.0, gt=0)
+    local_tier: str = "MCU"  # attempts on this tier run on the device itself: no radio
+
+
+def device_side_mj(attempt: Attempt, radio: RadioModel) -> tuple[float, float]:
+    """(device mJ, remote mJ) for one attempt."""
+    if attempt.tier == radio.local_tier:
+        return attempt.remote_energy_mj, 0.0
+    tx_s = attempt.bytes_tx * 8 / (radio.uplink_kbps * 1e3)
+    rx_s = attempt.bytes_rx * 8 / (radio.downlink_kbps * 1e3)
+    wait_s = max(0.0, attempt.latency_ms / 1e3 - tx_s - rx_s)
+    device = radio.tx_power_mw * tx_s + radio.rx_power_mw * rx_s + radio.wait_power_mw * wait_s
+    return device, attempt.remote_energy_mj
+
+
+@register_energy_model("device")
+class DeviceEnergy:
+    name = "device"
+
+    def __init__(self, **params: Any) -> None:
+        self.radio = RadioModel(**params)
+
+    def account(self, attempts: Sequence[Attempt], accepted: Attempt | None) -> EnergyBreakdown:
+        device = remote = 0.0
+        for a in attempts:
+            d, r = device_side_mj(a, self.radio)
+            device += d
+            remote += r
+        return EnergyBreakdown(device + remote, device, remote, simulator_energy_mj(accepted))
+
+
+@register_energy_model("simulator")
+class SimulatorEnergy:
+    name = "simulator"
+
+    def __init__(self, **params: Any) -> None:
+        self._device = DeviceEnergy(**params)
+
+    def account(self, attempts: Sequence[Attempt], accepted: Attempt | None) -> EnergyBreakdown:
+        b = self._device.account(attempts, accepted)
+        return EnergyBreakdown(
+            b.sim_energy_mj, b.device_energy_mj, b.remote_energy_mj, b.sim_energy_mj
+        )
+
+
+def make_energy_model(name: str, params: dict[str, Any] | None = None) -> EnergyModel:
+    if name not in ENERGY_MODELS:
+        raise ValueError(f"energy.model must be one of {sorted(ENERGY_MODELS)}, got {name!r}")
+    return ENERGY_MODELS[name](**(params or {}))

@@ -1,0 +1,316 @@
+"""Routing policies (registry keyed by config name) and the latency predictor they consult.
+
+A policy is a class with an async ``decide(request, ctx)``: it calls ``await ctx.attempt(route)``
+for every route it wants to try (each attempt really runs over HTTP; its time and energy count)
+and returns the attempt it accepts. ``ctx.predict_ms(route)`` gives the predicted latency of a
+route (tier profile + link RTT, optionally corrected online by an EWMA of what was observed) and
+``ctx.remaining_ms()`` the deadline budget left. Add a policy::
+
+    @register_policy("edge_first")
+    class EdgeFirst(Policy):
+        def __init__(self, threshold: float = 0.9) -> None:
+            self.threshold = threshold
+
+        async def decide(self, request, ctx):
+            first = await ctx.attempt("EDGE/int8" if request.kind == "cv" else "EDGE/slm")
+            if first.ok and first.confidence >= self.threshold:
+                return first
+            return await ctx.attempt("CLOUD/fp32" if request.kind == "cv" else "CLOUD/llm")
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from orchestrator.client import Attempt
+from orchestrator.profiles import (
+    LM_MODELS,
+    SIM_LATENCY_MS,
+    SIM_LM_EXTRA_MS,
+    SIM_RTT_RANGE_MS,
+    sim_model_latency_ms,
+    split_route,
+)
+from orchestrator.workload import Request
+
+
+class LatencyPredictor:
+    """Predicted latency per route: device profile + link RTT, EWMA-corrected when alpha > 0."""
+
+    def __init__(
+        self,
+        *,
+        device_ms: dict[str, dict[str, float]] | None = None,
+        rtt_ms: dict[str, float] | None = None,
+        ewma_alpha: float = 0.2,
+    ) -> None:
+        if not 0.0 <= ewma_alpha <= 1.0:
+            raise ValueError(f"predictor.ewma_alpha must be within 0..1, got {ewma_alpha}")
+        self.device_ms = device_ms or SIM_LATENCY_MS
+        self.rtt_ms = (
+            rtt_ms
+            if rtt_ms is not None
+            else {t: (lo + hi) / 2 for t, (lo, hi) in SIM_RTT_RANGE_MS.items()}
+        )
+        self.ewma_alpha = ewma_alpha
+        self._observed: dict[tuple[str, str], float] = {}
+
+    def prior_ms(self, route: str, length: str = "") -> float:
+        """Device profile latency (+ the simulator's LM length overhead) + mean link RTT."""
+        tier, model = split_route(route)
+        table = self.device_ms.get(tier, {})
+        base_model = "slm" if model == "llm" and "llm" not in table else model
+        if base_model in table:
+            device = table[base_model]
+            if model in LM_MODELS and length:
+                device += SIM_LM_EXTRA_MS.get(tier, {}).get(length, 0.0)
+        else:
+            device = sim_model_latency_ms(tier, model, length or None)
+        return device + self.rtt_ms.get(tier, 0.0)
+
+    def predict_ms(self, route: str, length: str = "") -> float:
+        key = (route, length)
+        return self._observed.get(key, self.prior_ms(route, length))
+
+    def observe(self, route: str, length: str, latency_ms: float) -> None:
+        if self.ewma_alpha <= 0:
+            return
+        key = (route, length)
+        prev = self._observed.get(key, self.prior_ms(route, length))
+        self._observed[key] = (1 - self.ewma_alpha) * prev + self.ewma_alpha * latency_ms
+
+
+AttemptFn = Callable[[str], Awaitable[Attempt]]
+
+
+class PolicyContext:
+    """What a policy sees while handling one request."""
+
+    def __init__(
+        self,
+        request: Request,
+        attempt_fn: AttemptFn,
+        predictor: LatencyPredictor,
+        t_intended: float,
+    ) -> None:
+        self.request = request
+        self._attempt_fn = attempt_fn
+        self.predictor = predictor
+        self.t_intended = t_intended
+        self.attempts: list[Attempt] = []
+
+    async def attempt(self, route: str) -> Attempt:
+        split_route(route)
+        a = await self._attempt_fn(route)
+        self.attempts.append(a)
+        if a.ok:
+            self.predictor.observe(route, self.request.length, a.latency_ms)
+        return a
+
+    def predict_ms(self, route: str) -> float:
+        return self.predictor.predict_ms(route, self.request.length)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.t_intended) * 1e3
+
+    def remaining_ms(self) -> float:
+        return self.request.deadline_ms - self.elapsed_ms()
+
+
+class Policy:
+    """Base class: ``decide`` returns the accepted attempt (or the last one tried)."""
+
+    name: str = "policy"
+
+    async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
+        raise NotImplementedError
+
+    def routes(self) -> list[str]:
+        """Routes this policy may use (pre-initialises metric labels)."""
+        return [r for attr in ("cv_routes", "lm_routes") for r in getattr(self, attr, [])]
+
+
+POLICIES: dict[str, type[Policy]] = {}
+
+
+def register_policy(name: str) -> Callable[[type[Policy]], type[Policy]]:
+    def deco(cls: type[Policy]) -> type[Policy]:
+        cls.name = name
+        POLICIES[name] = cls
+        return cls
+
+    return deco
+
+
+def _check_routes(key: str, routes: Sequence[str], n: int | None = None) -> list[str]:
+    routes = list(routes)
+    for r in routes:
+        try:
+            split_route(r)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from exc
+    if not routes or (n is not None and len(routes) != n):
+        raise ValueError(f"{key} must list {n or 'at least 1'} route(s), got {routes}")
+    return routes
+
+
+def _check_unit(key: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{key} must be within 0..1, got {value}")
+    return value
+
+
+def _pick(request: Request, cv: list[str], lm: list[str]) -> list[str]:
+    return cv if request.kind == "cv" else lm
+
+
+class _Single(Policy):
+    cv_default = "MCU/tinycnn"
+    lm_default = "MCU/slm"
+
+    def __init__(self, cv_route: str | None = None, lm_route: str | None = None) -> None:
+        self.cv_routes = _check_routes("cv_route", [cv_route or self.cv_default], 1)
+        self.lm_routes = _check_routes("lm_route", [lm_route or self.lm_default], 1)
+
+    async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
+        return await ctx.attempt(_pick(request, self.cv_routes, self.lm_routes)[0])
+
+
+@register_policy("always_local")
+class AlwaysLocal(_Single):
+    """CV → MCU/tinycnn; LM → MCU/slm."""
+
+
+@register_policy("always_edge")
+class AlwaysEdge(_Single):
+    """CV → EDGE/fp32; LM → EDGE/slm (the simulator's suggested extension)."""
+
+    cv_default = "EDGE/fp32"
+    lm_default = "EDGE/slm"
+
+
+@register_policy("always_cloud")
+class AlwaysCloud(_Single):
+    """CV → CLOUD/fp32; LM → CLOUD/llm."""
+
+    cv_default = "CLOUD/fp32"
+    lm_default = "CLOUD/llm"
+
+
+class _Ladder(Policy):
+    cv_default: tuple[str, ...] = ("MCU/int8", "EDGE/fp32", "CLOUD/fp32")
+    lm_default: tuple[str, ...] = ("MCU/slm", "EDGE/slm", "CLOUD/llm")
+
+    def __init__(
+        self, cv_routes: Sequence[str] | None = None, lm_routes: Sequence[str] | None = None
+    ) -> None:
+        self.cv_routes = _check_routes("cv_routes", cv_routes or self.cv_default)
+        self.lm_routes = _check_routes("lm_routes", lm_routes or self.lm_default)
+
+
+@register_policy("confidence")
+class ConfidenceThreshold(_Ladder):
+    """Escalate MCU → EDGE → CLOUD until confidence ≥ threshold; deadlines ignored.
+
+    A failed attempt (timeout, refused, 503) escalates too; the last route is accepted as is.
+    """
+
+    def __init__(self, threshold: float = 0.78, **routes: Any) -> None:
+        super().__init__(**routes)
+        self.threshold = _check_unit("threshold", threshold)
+
+    async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
+        ladder = _pick(request, self.cv_routes, self.lm_routes)
+        a: Attempt | None = None
+        for route in ladder:
+            a = await ctx.attempt(route)
+            if a.ok and a.confidence >= self.threshold:
+                return a
+        assert a is not None
+        return a
+
+
+@register_policy("latency_aware")
+class LatencyAware(_Ladder):
+    """Take the first route whose PREDICTED latency ≤ margin × deadline budget left, else the last.
+
+    Confidence is ignored. Unlike the simulator (which checks a latency it could only know
+    after running), the choice is made before sending; a failed attempt escalates.
+    """
+
+    cv_default = ("MCU/tinycnn", "EDGE/tinycnn", "CLOUD/fp32")
+
+    def __init__(self, margin: float = 0.9, **routes: Any) -> None:
+        super().__init__(**routes)
+        self.margin = float(margin)
+        if not 0 < self.margin <= 10:
+            raise ValueError(f"margin must be within 0..10 (exclusive 0), got {margin}")
+
+    async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
+        ladder = _pick(request, self.cv_routes, self.lm_routes)
+        a: Attempt | None = None
+        for i, route in enumerate(ladder):
+            last = i == len(ladder) - 1
+            if not last and ctx.predict_ms(route) > self.margin * ctx.remaining_ms():
+                continue
+            a = await ctx.attempt(route)
+            if a.ok:
+                return a
+        if a is None:  # unreachable: the last route always runs
+            a = await ctx.attempt(ladder[-1])
+        return a
+
+
+@register_policy("hybrid")
+class Hybrid(_Ladder):
+    """MCU/int8 if predicted in budget and confidence ≥ threshold; else EDGE/fp32 if predicted
+    in budget; else CLOUD/fp32 (LM: slm → slm → llm). Failed attempts escalate."""
+
+    def __init__(self, threshold: float = 0.8, margin: float = 0.85, **routes: Any) -> None:
+        super().__init__(**routes)
+        self.threshold = _check_unit("threshold", threshold)
+        self.margin = float(margin)
+        if not 0 < self.margin <= 10:
+            raise ValueError(f"margin must be within 0..10 (exclusive 0), got {margin}")
+
+    async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
+        ladder = _pick(request, self.cv_routes, self.lm_routes)
+        a: Attempt | None = None
+        for i, route in enumerate(ladder):
+            last = i == len(ladder) - 1
+            if not last and ctx.predict_ms(route) > self.margin * ctx.remaining_ms():
+                continue
+            a = await ctx.attempt(route)
+            if not a.ok:
+                continue
+            if last or i > 0 or a.confidence >= self.threshold:
+                return a
+        assert a is not None
+        return a
+
+
+def make_policy(name: str, params: dict[str, Any] | None = None) -> Policy:
+    """Instantiate a registered policy, naming the bad key on error."""
+    if name not in POLICIES:
+        raise ValueError(f"policies[].name must be one of {sorted(POLICIES)}, got {name!r}")
+    cls = POLICIES[name]
+    params = dict(params or {})
+    sig = inspect.signature(cls.__init__)
+    accepts_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    allowed = [
+        p
+        for p in sig.parameters
+        if p not in ("self",) and sig.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    if accepts_kwargs:
+        allowed += ["cv_routes", "lm_routes"]
+    for key in params:
+        if key not in allowed:
+            raise ValueError(
+                f"policies[{name}].params.{key} is not a parameter; allowed: {allowed}"
+            )
+    return cls(**params)

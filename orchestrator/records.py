@@ -1,0 +1,206 @@
+"""Per-request records: building one row from a request's attempts, and the incremental CSV writer.
+
+``records.csv`` is written one flushed row at a time, so a crash or Ctrl-C loses nothing that
+was already recorded. ``latency_ms`` is the time from the request's *intended* send to its
+accepted answer (empty when no answer came: the request failed); ``elapsed_ms`` is always set.
+``deadline_met`` is exactly ``latency_ms <= deadline_ms`` (false when there is no answer).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+
+from orchestrator.client import Attempt
+from orchestrator.energy import EnergyBreakdown
+from orchestrator.workload import Request
+
+RECORD_COLUMNS: tuple[str, ...] = (
+    "id",
+    "policy",
+    "type",
+    "difficulty",
+    "length",
+    "route",
+    "attempts",
+    "n_attempts",
+    "outcome",
+    "correct",
+    "prediction",
+    "label",
+    "confidence",
+    "quality",
+    "latency_ms",
+    "accepted_latency_ms",
+    "elapsed_ms",
+    "network_ms",
+    "compute_ms",
+    "device_ms",
+    "queue_ms",
+    "send_lag_ms",
+    "energy_mj",
+    "device_energy_mj",
+    "remote_energy_mj",
+    "sim_energy_mj",
+    "deadline_ms",
+    "deadline_met",
+    "intended_send_s",
+    "actual_send_s",
+    "image_index",
+    "tokens",
+    "error",
+    "attempts_json",
+)
+
+
+def make_record(
+    *,
+    request: Request,
+    policy: str,
+    attempts: Sequence[Attempt],
+    accepted: Attempt | None,
+    energy: EnergyBreakdown,
+    elapsed_ms: float,
+    send_lag_ms: float,
+    intended_send_s: float,
+    actual_send_s: float,
+    outcome: str | None = None,
+) -> dict[str, Any]:
+    """One row of records.csv."""
+    answered = accepted is not None and accepted.ok and outcome in (None, "ok")
+    final = accepted if accepted is not None else (attempts[-1] if attempts else None)
+    if outcome is None:
+        outcome = "ok" if answered else (final.outcome if final is not None else "error")
+    latency_ms = elapsed_ms if answered else math.nan
+    quality = accepted.quality if answered and accepted is not None else math.nan
+    if not answered:
+        correct = False
+    elif request.kind == "cv":
+        correct = accepted is not None and accepted.prediction == request.label
+    else:  # emulated LM correctness: the simulator's draw, with the request's recorded draw
+        correct = bool(quality > request.lm_draw)
+    return {
+        "id": request.id,
+        "policy": policy,
+        "type": request.kind,
+        "difficulty": request.difficulty,
+        "length": request.length,
+        "route": final.route if final is not None else "",
+        "attempts": ">".join(a.route for a in attempts),
+        "n_attempts": len(attempts),
+        "outcome": outcome,
+        "correct": bool(correct),
+        "prediction": accepted.prediction if answered and accepted is not None else -1,
+        "label": request.label,
+        "confidence": accepted.confidence if answered and accepted is not None else math.nan,
+        "quality": quality,
+        "latency_ms": latency_ms,
+        "accepted_latency_ms": accepted.latency_ms
+        if answered and accepted is not None
+        else math.nan,
+        "elapsed_ms": elapsed_ms,
+        "network_ms": sum(a.network_ms for a in attempts),
+        "compute_ms": sum(a.compute_ms for a in attempts),
+        "device_ms": sum(a.device_ms for a in attempts),
+        "queue_ms": sum(a.queue_ms for a in attempts),
+        "send_lag_ms": send_lag_ms,
+        "energy_mj": energy.energy_mj,
+        "device_energy_mj": energy.device_energy_mj,
+        "remote_energy_mj": energy.remote_energy_mj,
+        "sim_energy_mj": energy.sim_energy_mj,
+        "deadline_ms": request.deadline_ms,
+        "deadline_met": bool(latency_ms <= request.deadline_ms),
+        "intended_send_s": intended_send_s,
+        "actual_send_s": actual_send_s,
+        "image_index": request.image_index,
+        "tokens": accepted.tokens if answered and accepted is not None else 0,
+        "error": "" if answered else (final.error if final is not None else ""),
+        "attempts_json": json.dumps([a.brief() for a in attempts], separators=(",", ":")),
+    }
+
+
+class RecordWriter:
+    """Append rows to records.csv, flushing after each row; also keeps them in memory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: TextIO = self.path.open("w", newline="")
+        self._writer = csv.DictWriter(self._fh, fieldnames=list(RECORD_COLUMNS))
+        self._writer.writeheader()
+        self._fh.flush()
+        self.rows: list[dict[str, Any]] = []
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._writer.writerow({k: _fmt(row.get(k)) for k in RECORD_COLUMNS})
+        self._fh.flush()
+        self.rows.append(row)
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    return v
+
+
+def records_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """In-memory rows as a DataFrame with the same dtypes ``read_records`` gives."""
+    df = pd.DataFrame(list(rows), columns=list(RECORD_COLUMNS))
+    return _normalise(df)
+
+
+def read_records(path: str | Path) -> pd.DataFrame:
+    """records.csv (or a run directory) → DataFrame."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "records.csv"
+    df = pd.read_csv(p, keep_default_na=False, na_values={"latency_ms": [""]}, dtype=str)
+    return _normalise(df)
+
+
+_INT_COLS = ("id", "n_attempts", "prediction", "label", "deadline_ms", "image_index", "tokens")
+_BOOL_COLS = ("correct", "deadline_met")
+_STR_COLS = (
+    "policy",
+    "type",
+    "difficulty",
+    "length",
+    "route",
+    "attempts",
+    "outcome",
+    "error",
+    "attempts_json",
+)
+
+
+def _normalise(df: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame(index=df.index)
+    for col in RECORD_COLUMNS:
+        s = df[col]
+        if col in _STR_COLS:
+            out[col] = s.fillna("").astype(str)
+        elif col in _BOOL_COLS:
+            out[col] = s.map(lambda v: v is True or str(v) == "True").astype(bool)
+        elif col in _INT_COLS:
+            out[col] = pd.to_numeric(s).astype("int64")
+        else:
+            out[col] = pd.to_numeric(s.replace("", math.nan)).astype("float64")
+    return out

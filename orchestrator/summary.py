@@ -1,0 +1,117 @@
+"""Per-policy summary computed from records alone (so it can always be recomputed from records.csv).
+
+Accuracy: ``cv_accuracy_pct`` from real predictions of CV requests; ``lm_quality_pct`` the mean
+LM quality the (emulated) LM tiers reported; ``accuracy_pct`` mixes CV correctness with the LM
+correctness draws, as the simulator did. A request without an answer counts as incorrect and
+as a missed deadline. Latency statistics are over answered requests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.records import read_records
+
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "policy",
+    "n",
+    "n_cv",
+    "n_lm",
+    "n_ok",
+    "error_pct",
+    "accuracy_pct",
+    "cv_accuracy_pct",
+    "lm_quality_pct",
+    "lm_correct_pct",
+    "deadline_met_pct",
+    "cv_deadline_met_pct",
+    "latency_mean_ms",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "cv_latency_mean_ms",
+    "accepted_latency_mean_ms",
+    "energy_mean_mj",
+    "sim_energy_mean_mj",
+    "attempts_mean",
+    "escalated_pct",
+    "route_mix",
+)
+
+
+def _pct(x: pd.Series) -> float:
+    return float(x.mean() * 100.0) if len(x) else float("nan")
+
+
+def _q(x: pd.Series, q: float) -> float:
+    x = x.dropna()
+    return float(np.percentile(x.to_numpy(), q)) if len(x) else float("nan")
+
+
+def _mean(x: pd.Series) -> float:
+    x = x.dropna()
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def route_mix(df: pd.DataFrame) -> str:
+    """Share of requests per final route, e.g. ``EDGE/fp32=60.0%;MCU/int8=40.0%``."""
+    counts = df["route"].replace("", "none").value_counts()
+    total = counts.sum()
+    return ";".join(f"{r}={100.0 * c / total:.1f}%" for r, c in sorted(counts.items()))
+
+
+def summarize(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per policy (in first-seen order) with the columns of ``SUMMARY_COLUMNS``."""
+    rows = []
+    for policy in dict.fromkeys(records["policy"]):
+        df = records[records["policy"] == policy]
+        cv = df[df["type"] == "cv"]
+        lm = df[df["type"] == "lm"]
+        ok = df["outcome"] == "ok"
+        rows.append(
+            {
+                "policy": policy,
+                "n": len(df),
+                "n_cv": len(cv),
+                "n_lm": len(lm),
+                "n_ok": int(ok.sum()),
+                "error_pct": _pct(~ok),
+                "accuracy_pct": _pct(df["correct"]),
+                "cv_accuracy_pct": _pct(cv["correct"]),
+                "lm_quality_pct": _mean(lm["quality"]) * 100.0,
+                "lm_correct_pct": _pct(lm["correct"]),
+                "deadline_met_pct": _pct(df["deadline_met"]),
+                "cv_deadline_met_pct": _pct(cv["deadline_met"]),
+                "latency_mean_ms": _mean(df["latency_ms"]),
+                "latency_p50_ms": _q(df["latency_ms"], 50),
+                "latency_p95_ms": _q(df["latency_ms"], 95),
+                "latency_p99_ms": _q(df["latency_ms"], 99),
+                "cv_latency_mean_ms": _mean(cv["latency_ms"]),
+                "accepted_latency_mean_ms": _mean(df["accepted_latency_ms"]),
+                "energy_mean_mj": _mean(df["energy_mj"]),
+                "sim_energy_mean_mj": _mean(df["sim_energy_mj"]),
+                "attempts_mean": _mean(df["n_attempts"].astype(float)),
+                "escalated_pct": _pct(df["n_attempts"] > 1),
+                "route_mix": route_mix(df),
+            }
+        )
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def summarize_csv(path: str | Path) -> pd.DataFrame:
+    """Recompute the summary from a records.csv (or a run directory)."""
+    return summarize(read_records(path))
+
+
+def write_summary(summary: pd.DataFrame, path: str | Path) -> None:
+    summary.to_csv(path, index=False, float_format="%.6f")
+
+
+def read_summary(path: str | Path) -> pd.DataFrame:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "summary.csv"
+    return pd.read_csv(p, keep_default_na=True)
