@@ -16,15 +16,22 @@ import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models.paths import models_dir
+from netem.spec import LinkSpec, Topology
 from orchestrator.arrivals import ARRIVALS, make_schedule
 from orchestrator.energy import ENERGY_MODELS, make_energy_model
 from orchestrator.policies import POLICIES, make_policy
-from orchestrator.profiles import SIM_LATENCY_MS, split_route
+from orchestrator.profiles import SIM_LM_EXTRA_MS, split_route
 from orchestrator.workload import Seeds, WorkloadSpec
+from services.tier.config import (
+    TierConfig,
+    TierConfigError,
+    builtin_config_path,
+    deep_merge,
+    read_yaml,
+)
 
 TIER_NAMES: tuple[str, ...] = ("mcu", "edge", "cloud")
-MODEL_NAMES: tuple[str, ...] = ("tinycnn", "int8", "fp32", "slm", "llm")
-ENDPOINTS: tuple[str, ...] = ("device", *TIER_NAMES)
 
 
 class ExperimentError(ValueError):
@@ -36,80 +43,22 @@ class ExperimentError(ValueError):
         super().__init__(f"invalid experiment file {source}:\n  " + "\n  ".join(problems))
 
 
-# ----------------------------------------------------------------------------------- tiers
-class PowerSpec(BaseModel):
-    """Tier power model (emulated): watts while serving and while idle."""
-
-    model_config = ConfigDict(extra="forbid")
-    active_w: float = Field(..., ge=0, le=10_000)
-    idle_w: float = Field(0.0, ge=0, le=10_000)
+# Tiers are ``services.tier.config.TierConfig`` objects: each ``tiers.<name>`` section is
+# layered over the tier's built-in ``services/<name>/tier.yaml`` (a ``null`` value removes a key,
+# e.g. ``models: {int8: null}``), so ``tiers: {mcu: {}}`` means "the MCU as shipped".
+# Links are ``netem.spec.LinkSpec`` objects keyed by link name (the teaching simulator's RTT
+# range is ``rtt_range_ms: [lo, hi]``).
 
 
-class TierSpec(BaseModel):
-    """One tier: the models it serves, how its device time is emulated, its queue and power."""
-
-    model_config = ConfigDict(extra="forbid")
-    models: list[Literal["tinycnn", "int8", "fp32", "slm", "llm"]] = Field(..., min_length=1)
-    device_mode: Literal["profile", "real"] = "profile"
-    latency_ms: dict[Literal["tinycnn", "int8", "fp32", "slm", "llm"], float] = Field(
-        default_factory=dict, description="device latency per model; default: simulator table"
-    )
-    jitter_ms: float = Field(0.0, ge=0, le=60_000)
-    concurrency: int = Field(1, ge=1, le=256)
-    queue_size: int = Field(16, ge=0, le=100_000)
-    memory_kb: int | None = Field(None, ge=1)
-    power: PowerSpec | None = None
-    energy_factor: float | None = Field(None, ge=0, le=1000)
-
-    @field_validator("latency_ms")
-    @classmethod
-    def _latency_non_negative(cls, v: dict[str, float]) -> dict[str, float]:
-        for model, ms in v.items():
-            if not 0 <= ms <= 600_000:
-                raise ValueError(f"latency_ms.{model} must be within 0..600000, got {ms}")
-        return v
-
-
-# ----------------------------------------------------------------------------------- links
-class LinkSpecIn(BaseModel):
-    """One emulated link between two endpoints (``device`` or a tier), applied in both directions.
-
-    ``delay_ms`` is one-way; the round trip is twice it. ``jitter_ms`` spreads it according to
-    ``distribution``. The simulator's "RTT uniform in [lo, hi]" is ``rtt_lo_ms``/``rtt_hi_ms``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    src: str = "device"
-    dst: str
-    delay_ms: float = Field(0.0, ge=0, le=60_000)
-    jitter_ms: float = Field(0.0, ge=0, le=60_000)
-    distribution: Literal["fixed", "uniform", "normal", "pareto"] = "fixed"
-    rtt_lo_ms: float | None = Field(None, ge=0, le=120_000)
-    rtt_hi_ms: float | None = Field(None, ge=0, le=120_000)
-    loss_pct: float = Field(0.0, ge=0, le=100)
-    rate_mbit: float | None = Field(None, gt=0, le=100_000)
-
-    @field_validator("src", "dst")
-    @classmethod
-    def _endpoint(cls, v: str) -> str:
-        if v not in ENDPOINTS:
-            raise ValueError(f"must be one of {list(ENDPOINTS)}, got {v!r}")
-        return v
-
-    @model_validator(mode="after")
-    def _rtt_range(self) -> LinkSpecIn:
-        if (self.rtt_lo_ms is None) != (self.rtt_hi_ms is None):
-            raise ValueError("rtt_lo_ms and rtt_hi_ms must be given together")
-        if self.rtt_lo_ms is not None and self.rtt_hi_ms is not None:
-            if self.rtt_hi_ms < self.rtt_lo_ms:
-                raise ValueError(
-                    f"rtt_hi_ms must be >= rtt_lo_ms ({self.rtt_lo_ms}), got {self.rtt_hi_ms}"
-                )
-            if self.delay_ms or self.jitter_ms:
-                raise ValueError("give either rtt_lo_ms/rtt_hi_ms or delay_ms/jitter_ms, not both")
-        if self.src == self.dst:
-            raise ValueError(f"src and dst must differ, both are {self.src!r}")
-        return self
+def merge_tier_section(name: str, section: Any) -> Any:
+    """The tier's built-in config with the experiment's section layered on top."""
+    if not isinstance(section, dict):
+        return section  # let pydantic report the type error
+    path = builtin_config_path(name)
+    base = read_yaml(path) if path.is_file() else {}
+    merged = deep_merge(base, section)
+    merged["tier"] = name
+    return merged
 
 
 # ----------------------------------------------------------------------- arrivals / policies
@@ -177,8 +126,8 @@ class Experiment(BaseModel):
     name: str = Field("experiment", min_length=1, max_length=80)
     description: str = ""
     seeds: Seeds = Field(default_factory=Seeds)
-    tiers: dict[str, TierSpec]
-    links: list[LinkSpecIn] = Field(default_factory=list)
+    tiers: dict[str, TierConfig]
+    links: dict[str, LinkSpec] = Field(default_factory=dict)
     link_backend: Literal["auto", "tc", "proxy", "none"] = "proxy"
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     arrival: ArrivalSpec = Field(default_factory=ArrivalSpec)
@@ -190,15 +139,52 @@ class Experiment(BaseModel):
     def _seed_shorthand(cls, v: Any) -> Any:
         return Seeds.from_base(v) if isinstance(v, int) else v
 
-    @field_validator("tiers")
+    @field_validator("tiers", mode="before")
     @classmethod
-    def _tier_names(cls, v: dict[str, TierSpec]) -> dict[str, TierSpec]:
+    def _tier_sections(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
         bad = [k for k in v if k not in TIER_NAMES]
         if bad:
             raise ValueError(f"tier names must be among {list(TIER_NAMES)}, got {bad}")
         if not v:
             raise ValueError("at least one tier is required")
-        return v
+        return {name: merge_tier_section(name, sec or {}) for name, sec in v.items()}
+
+    def device_latency_ms(self) -> dict[str, dict[str, float]]:
+        """Configured device latency per tier and model, keyed like the simulator ("MCU").
+
+        Vision models: their ``latency_ms``. LM models: the base latency the simulator's table
+        would give (``ttft + (short_tokens - 1) × tpot`` minus the simulator's short-request extra),
+        so adding the per-length extra reproduces the tier's configured totals.
+        """
+        out: dict[str, dict[str, float]] = {}
+        for name, tier in self.tiers.items():
+            row: dict[str, float] = {}
+            for model, m in tier.models.items():
+                if m.latency_ms is not None:
+                    row[model] = float(m.latency_ms)
+            for model, lm in tier.lm.items():
+                if lm.ttft_ms is None or lm.tpot_ms is None:
+                    continue
+                extra = SIM_LM_EXTRA_MS.get(name.upper(), {}).get("short", 0.0)
+                row[model] = float(lm.ttft_ms + (lm.short_tokens - 1) * lm.tpot_ms - extra)
+            out[name.upper()] = row
+        return out
+
+    def rtt_mean_ms(self) -> dict[str, float]:
+        """Configured mean round trip from ``device`` to each tier (0 without link), "MCU"-keyed."""
+        out = {name.upper(): 0.0 for name in self.tiers}
+        for link in self.links.values():
+            if link.src == "device" and link.dst in self.tiers:
+                out[link.dst.upper()] = float(link.rtt_mean_ms())
+            elif link.dst == "device" and link.src in self.tiers:
+                out[link.src.upper()] = float(link.rtt_mean_ms())
+        return out
+
+    def topology(self) -> Topology:
+        """The links as a ``netem`` topology, drawing with the experiment's link seed."""
+        return Topology(links=dict(self.links), seed=self.seeds.links)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -282,27 +268,48 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
             if not isinstance(got, dict | list) and "got " not in msg:
                 msg += f", got {got!r}"
         problems.append(f"{_loc(loc)}: {msg}")
-    return problems
+    return _merge_directions(problems)
+
+
+def _merge_directions(problems: list[str]) -> list[str]:
+    """A link shorthand key (``delay_ms: -5``) fails in both directions: report it once."""
+    out: list[str] = []
+    for line in problems:
+        if ".down." in line and line.replace(".down.", ".up.", 1) in out:
+            i = out.index(line.replace(".down.", ".up.", 1))
+            out[i] = line.replace(".down.", ".", 1)
+            continue
+        out.append(line)
+    return out
 
 
 def _cross_check(exp: Experiment) -> list[str]:
     """References between sections: links and policies must name declared tiers and models."""
     problems: list[str] = []
     declared = sorted(exp.tiers)
-    for i, link in enumerate(exp.links):
+    for name, tier in exp.tiers.items():
+        try:
+            tier.check_memory(models_dir())
+        except TierConfigError as exc:
+            problems.append(f"tiers.{name}.{exc}")
+    for lname, link in exp.links.items():
         for end in ("src", "dst"):
             name = getattr(link, end)
             if name != "device" and name not in exp.tiers:
                 problems.append(
-                    f"links[{i}].{end}: tier {name!r} is not declared under tiers "
-                    f"(declared: {', '.join(declared)})"
+                    f"links.{lname}.{end}: {name!r} is neither 'device' nor a tier declared "
+                    f"under tiers (declared: {', '.join(declared)})"
                 )
-    seen: set[tuple[str, str]] = set()
-    for i, link in enumerate(exp.links):
-        key = tuple(sorted((link.src, link.dst)))
-        if key in seen:
-            problems.append(f"links[{i}]: duplicate link between {key[0]} and {key[1]}")
-        seen.add(key)  # type: ignore[arg-type]
+        if link.src == link.dst:
+            problems.append(f"links.{lname}: src and dst must differ, both are {link.src!r}")
+    pairs: dict[tuple[str, str], str] = {}
+    for lname, link in exp.links.items():
+        pair = (link.src, link.dst)
+        if pair in pairs:
+            problems.append(
+                f"links.{lname}: duplicates links.{pairs[pair]} ({pair[0]} → {pair[1]})"
+            )
+        pairs[pair] = lname
     for i, pol in enumerate(exp.policies):
         try:
             policy = make_policy(pol.name, pol.params)
@@ -324,10 +331,11 @@ def _cross_check(exp: Experiment) -> list[str]:
                     f"policies[{i}] ({pol.name}): route {route} needs tier {tier!r}, which is not "
                     f"declared under tiers (declared: {', '.join(declared)})"
                 )
-            elif model not in exp.tiers[tier].models:
+            elif model not in exp.tiers[tier].served_models:
+                served = ", ".join(exp.tiers[tier].served_models)
                 problems.append(
                     f"policies[{i}] ({pol.name}): route {route} needs model {model!r}, which "
-                    f"tiers.{tier}.models does not list ({', '.join(exp.tiers[tier].models)})"
+                    f"tier {tier} does not serve (tiers.{tier}.models/lm: {served})"
                 )
     try:
         make_energy_model(exp.energy.model, exp.energy.params)
@@ -375,9 +383,3 @@ def load_experiment(path: str | Path) -> Experiment:
     except yaml.YAMLError as exc:
         raise ExperimentError(str(p), [f"not valid YAML: {exc}"]) from None
     return parse_experiment(data, str(p), base_dir=p.parent)
-
-
-def sim_latency_ms(tier: str, model: str) -> float | None:
-    """The simulator's device latency for ``tier``/``model`` (None when the table has none)."""
-    table = SIM_LATENCY_MS.get(tier.upper(), {})
-    return table.get(model)
