@@ -14,6 +14,7 @@ _COMMAND_MODULES = (
     "services.tier.cli",
     "netem.cli",
     "orchestrator.commands",
+    "orchestrator.stack.cli",
 )
 
 

@@ -14,7 +14,15 @@ from typing import Any, Literal, get_args
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from models.paths import models_dir
 from netem.spec import LinkSpec, Topology
@@ -133,6 +141,13 @@ class Experiment(BaseModel):
     arrival: ArrivalSpec = Field(default_factory=ArrivalSpec)
     policies: list[PolicyRef] = Field(..., min_length=1)
     energy: EnergySpec = Field(default_factory=EnergySpec)
+
+    # each tier's section as written (``null`` removals kept), for the tier process's --config
+    _tier_sections: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
+
+    def tier_section(self, name: str) -> dict[str, Any]:
+        """The ``tiers.<name>`` section as written in the file (layered over the built-in)."""
+        return dict(self._tier_sections.get(name, {}))
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -363,6 +378,7 @@ def parse_experiment(
         exp = Experiment.model_validate(data)
     except ValidationError as exc:
         raise ExperimentError(source, _pydantic_problems(exc)) from None
+    exp._tier_sections = {k: dict(v or {}) for k, v in (data.get("tiers") or {}).items()}
     if base_dir is not None and exp.arrival.process == "trace" and "path" in exp.arrival.params:
         tp = Path(str(exp.arrival.params["path"]))
         if not tp.is_absolute():

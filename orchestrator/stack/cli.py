@@ -1,0 +1,162 @@
+"""``edgebed up``, ``down``, ``status`` and ``demo``: the local stack from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from orchestrator.stack.state import default_state_dir
+
+
+def _add_state_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the stack keeps its state file, logs and Prometheus data "
+        "(default $EDGEBED_STATE_DIR or ./.edgebed)",
+    )
+
+
+def _add_stack_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="experiment YAML file (default experiments/seed.yaml)",
+    )
+    p.add_argument(
+        "--prometheus",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="start a Prometheus server: auto = when the `prometheus` binary is on PATH",
+    )
+    p.add_argument(
+        "--scrape-interval-s", type=float, default=None, help="Prometheus scrape interval"
+    )
+    _add_state_dir(p)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return (args.state_dir or default_state_dir()).resolve()
+
+
+def _config(args: argparse.Namespace) -> Path:
+    from orchestrator.stack.demo import default_experiment_path
+
+    return args.config if args.config is not None else default_experiment_path()
+
+
+def _up(args: argparse.Namespace) -> int:
+    from orchestrator.stack import manager
+    from orchestrator.stack.schema import ExperimentError, load_experiment
+
+    config = _config(args)
+    try:
+        exp = load_experiment(config)
+    except ExperimentError as exc:
+        print(f"edgebed up: {exc}", file=sys.stderr)
+        return 2
+    try:
+        state = manager.up(
+            exp,
+            _state_dir(args),
+            experiment_path=str(config),
+            prometheus=args.prometheus,
+            scrape_interval_s=args.scrape_interval_s or 5.0,
+            log=print,
+        )
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    except (manager.StackError, manager.StartError) as exc:
+        print(f"edgebed up: {exc}", file=sys.stderr)
+        return 1
+    if state.prometheus_url is None:
+        print(f"prometheus     {state.prometheus_note}")
+    targets = ",".join(f"{t}={u}" for t, u in state.target_urls.items())
+    print(f"\nstack up (state {state.path()}). Run an experiment against it:")
+    print(f"  edgebed run --config {config} --targets {targets} "
+          f"--metrics-port {state.orchestrator_metrics_port}")
+    extra = f" --state-dir {args.state_dir}" if args.state_dir else ""
+    print(f"stop it with: edgebed down{extra}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from orchestrator.stack import manager
+
+    try:
+        manager.down(_state_dir(args), log=print)
+    except manager.StackError as exc:
+        print(f"edgebed down: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from orchestrator.stack import manager
+
+    state, rows = manager.status(_state_dir(args))
+    if state is None:
+        print(f"no stack recorded in {_state_dir(args)}")
+        return 1
+    if args.json:
+        print(json.dumps({"state": state.model_dump(), "processes": rows}, indent=2))
+    else:
+        for r in rows:
+            alive = "running" if r["alive"] else "DEAD"
+            ready = {True: "ready", False: "not ready", None: ""}[r["ready"]]
+            print(f"{r['name']:<14} pid {r['pid']:<8} {alive:<8} {ready:<10} {r['url'] or ''}")
+        print(f"link backend   {state.link_backend}: {state.link_backend_reason}")
+        print(f"prometheus     {state.prometheus_url or state.prometheus_note}")
+    return 0 if all(r["alive"] for r in rows) else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from orchestrator.stack.demo import demo
+
+    return demo(
+        _config(args),
+        _state_dir(args),
+        out_dir=args.out,
+        n=args.n,
+        prometheus=args.prometheus,
+        scrape_interval_s=args.scrape_interval_s or 1.0,
+        progress=not args.no_progress,
+        plots=not args.no_plots,
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    up = subparsers.add_parser(
+        "up",
+        help="start the local stack (tiers, links, Prometheus) on loopback, no Docker",
+        description="Start the experiment's tiers as server processes on loopback (gated on "
+        "/readyz), its links (userspace link proxy) and, when the binary is present, a "
+        "Prometheus server scraping them. PIDs are recorded for `edgebed down`.",
+    )
+    _add_stack_options(up)
+    up.set_defaults(func=_up)
+
+    down = subparsers.add_parser("down", help="stop exactly what `edgebed up` started")
+    _add_state_dir(down)
+    down.set_defaults(func=_down)
+
+    status = subparsers.add_parser("status", help="show the local stack's processes")
+    _add_state_dir(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=_status)
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="up, run the default experiment through every policy, print the summary, down",
+    )
+    _add_stack_options(demo)
+    demo.add_argument("--n", type=int, default=None, help="requests (overrides workload.n)")
+    demo.add_argument("--out", type=Path, default=None, help="run directory (default runs/...)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    demo.set_defaults(func=_demo)

@@ -1,0 +1,35 @@
+"""How the local stack launches one tier: its config file and the ``edgebed serve`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from orchestrator.stack.schema import Experiment
+
+LOOPBACK = "127.0.0.1"
+
+
+def write_tier_config(exp: Experiment, name: str, config_dir: Path) -> Path:
+    """Write the experiment's ``tiers.<name>`` section (layered by the tier over its built-in)."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / f"{name}.yaml"
+    section = exp.tier_section(name)
+    section["tier"] = name
+    path.write_text(
+        f"# tiers.{name} of experiment {exp.name!r}, layered over services/{name}/tier.yaml\n"
+        + yaml.safe_dump(section, sort_keys=False)
+    )
+    return path
+
+
+def tier_argv(python: str, name: str, config_path: Path, port: int) -> list[str]:
+    """``edgebed serve`` for one tier on loopback (pure: no side effects)."""
+    return [
+        python, "-m", "orchestrator.cli", "serve",
+        "--tier", name,
+        "--config", str(config_path),
+        "--host", LOOPBACK,
+        "--port", str(port),
+    ]
