@@ -1,0 +1,50 @@
+"""``create_app(tier_config)``: the FastAPI app of one tier (a tier is configuration, not code)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.tier.config import TierConfig
+from services.tier.errors import install_error_handlers
+from services.tier.routes import generate, health, infer, metrics, models
+from services.tier.runtime import TierRuntime
+
+DESCRIPTION = (
+    "One edgebed tier: real LiteRT inference on MNIST digits; device time (profile mode), "
+    "energy and the SLM/LLM are **emulated** and labelled so in every answer."
+)
+
+
+def create_app(
+    tier_config: TierConfig,
+    *,
+    models_dir: Path | None = None,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """Build the tier app; raises TierConfigError (missing model, memory budget) before serving."""
+    runtime = TierRuntime(tier_config, models_dir=models_dir, registry=registry)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runtime.load()
+        try:
+            yield
+        finally:
+            runtime.close()
+
+    app = FastAPI(
+        title=f"edgebed tier: {tier_config.tier}",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    for router in (health.router, infer.router, generate.router, models.router, metrics.router):
+        app.include_router(router)
+    return app

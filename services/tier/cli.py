@@ -1,0 +1,100 @@
+"""``edgebed serve``: run one tier (MCU, EDGE, CLOUD or a config file) as an HTTP server."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+DEFAULT_PORT = 8000
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve one tier (real LiteRT inference, emulated device time)",
+        description="Serve one tier's HTTP API (see docs/api.md and docs/tiers.md).",
+    )
+    add_arguments(p)
+    p.set_defaults(func=serve)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tier", help="built-in tier config: mcu, edge or cloud (or set tier: in --config)"
+    )
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--config", metavar="FILE", help="YAML merged over the tier's built-in config")
+    p.add_argument(
+        "--device-time",
+        choices=("real", "profile"),
+        help="real: report host compute time; profile: hold requests for the device latency",
+    )
+    p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+
+
+def _uvicorn_options() -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if importlib.util.find_spec("httptools"):
+        opts["http"] = "httptools"
+    if importlib.util.find_spec("uvloop"):
+        opts["loop"] = "uvloop"
+    return opts
+
+
+def serve(args: argparse.Namespace) -> int:
+    import prometheus_client
+    import uvicorn
+
+    from services.tier.app import create_app
+    from services.tier.config import TierConfigError, load_tier_config
+
+    if not 0 < args.port < 65536:
+        print(f"edgebed serve: --port must be within 1..65535, got {args.port}", file=sys.stderr)
+        return 2
+    overrides = {"device_time": args.device_time} if args.device_time else {}
+    if args.device_time:
+        # The flag applies to every vision model, overriding per-model device_time settings.
+        overrides["_all_models_device_time"] = args.device_time
+    try:
+        cfg = load_tier_config(args.tier, args.config, _expand(overrides, args.tier, args.config))
+        app = create_app(cfg)
+    except TierConfigError as exc:
+        print(f"edgebed serve: {exc}", file=sys.stderr)
+        return 2
+    prometheus_client.disable_created_metrics()  # *_created series: noise for dashboards
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        workers=1,
+        access_log=False,
+        log_level=args.log_level,
+        server_header=False,
+        timeout_graceful_shutdown=3,
+        **_uvicorn_options(),
+    )
+    return 0
+
+
+def _expand(overrides: dict[str, Any], tier: str | None, config: str | None) -> dict[str, Any]:
+    """Turn the --device-time flag into per-model overrides (it beats per-model settings)."""
+    mode = overrides.pop("_all_models_device_time", None)
+    if mode is None:
+        return overrides
+    from services.tier.config import load_tier_config
+
+    base = load_tier_config(tier, config)
+    overrides["models"] = {name: {"device_time": mode} for name in base.models}
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgebed serve", description="Serve one edgebed tier.")
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))

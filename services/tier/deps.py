@@ -1,0 +1,16 @@
+"""FastAPI dependencies: the app's tier runtime and config (tests: ``app.dependency_overrides``)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from services.tier.config import TierConfig
+from services.tier.runtime import TierRuntime
+
+
+def get_runtime(request: Request) -> TierRuntime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def get_config(request: Request) -> TierConfig:
+    return request.app.state.runtime.cfg  # type: ignore[no-any-return]

@@ -1,0 +1,96 @@
+"""Device emulation: FIFO worker slots with a bounded wait queue, and precise device-time holds.
+
+A tier has ``concurrency`` slots (an MCU has one). A request takes a free slot or waits in FIFO
+order; when ``queue_limit`` requests already wait, it is refused (:class:`QueueFull` → 503).
+Waiting is real: a coroutine parks on a future until a finishing request hands its slot over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+
+class QueueFull(Exception):
+    """The tier's wait queue is full."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"queue full: {waiting} requests waiting")
+        self.waiting = waiting
+
+
+class DeviceSlots:
+    """``concurrency`` numbered slots handed out FIFO; at most ``queue_limit`` waiters.
+
+    Use from the event loop thread only (no locking needed there).
+    """
+
+    def __init__(self, concurrency: int, queue_limit: int) -> None:
+        self.concurrency = concurrency
+        self.queue_limit = queue_limit
+        self._free: list[int] = list(range(concurrency - 1, -1, -1))
+        self._waiters: deque[asyncio.Future[int]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def in_service(self) -> int:
+        return self.concurrency - len(self._free)
+
+    def try_acquire_possible(self) -> bool:
+        """Whether :meth:`try_acquire` would succeed now."""
+        return bool(self._free) and not self._waiters
+
+    def try_acquire(self) -> int | None:
+        """A free slot without waiting, or None."""
+        if self._free and not self._waiters:
+            return self._free.pop()
+        return None
+
+    async def acquire(self) -> int:
+        """Wait for a slot (FIFO). Raises QueueFull if ``queue_limit`` requests already wait."""
+        slot = self.try_acquire()
+        if slot is not None:
+            return slot
+        if len(self._waiters) >= self.queue_limit:
+            raise QueueFull(len(self._waiters))
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(fut.result())  # handed a slot just as we were cancelled: pass it on
+            else:
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass
+            raise
+
+    def release(self, slot: int) -> None:
+        """Hand the slot to the oldest waiter, or mark it free."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(slot)
+                return
+        self._free.append(slot)
+
+
+def hold_until(deadline_s: float) -> float:
+    """Block this (worker) thread until ``time.perf_counter() >= deadline_s``; return the time.
+
+    ``time.sleep`` overshoots by tens of microseconds, far below the event loop's 1 ms timer
+    granularity, so the device hold runs on a worker thread, not as an ``asyncio.sleep``.
+    """
+    remaining = deadline_s - time.perf_counter()
+    if remaining > 0:
+        time.sleep(remaining)
+    now = time.perf_counter()
+    while now < deadline_s:  # sleep() can return a hair early on some clocks
+        now = time.perf_counter()
+    return now

@@ -1,0 +1,1 @@
+"""HTTP routers of the tier app, one module per concern."""
