@@ -1,0 +1,1 @@
+"""Training pipeline for the tier models (needs the optional ``train`` extra: TensorFlow)."""
