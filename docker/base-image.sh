@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Build a Debian bookworm base image (python3 + venv + CA certificates) with debootstrap and
+# `docker import` it, for machines without access to an image registry. The root filesystem
+# tarball is cached, so later imports take seconds.
+#
+#   docker/base-image.sh [TAG] [EXTRA_PACKAGES]
+#       TAG defaults to edgebed/base:bookworm; EXTRA_PACKAGES is a comma list added to the
+#       default set (e.g. "prometheus" for edgebed/prometheus:bookworm).
+#
+# Environment: EDGEBED_CACHE_DIR (default .edgebed/cache under the repository, gitignored),
+# DEBIAN_MIRROR (default http://deb.debian.org/debian), DOCKER_HOST (the engine to import into).
+# Needs root and debootstrap (apt-get install debootstrap).
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tag="${1:-edgebed/base:bookworm}"
+extra="${2:-}"
+suite=bookworm
+mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+cache="${EDGEBED_CACHE_DIR:-$repo_root/.edgebed/cache}"
+packages="python3,python3-venv,python3-pip,ca-certificates${extra:+,$extra}"
+key="$(printf '%s' "$suite $mirror $packages" | sha256sum | cut -c1-12)"
+tarball="$cache/rootfs-$suite-$key.tar"
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "base-image.sh: debootstrap needs root" >&2
+    exit 2
+fi
+mkdir -p "$cache"
+
+if [[ ! -s "$tarball" ]]; then
+    command -v debootstrap >/dev/null || { echo "base-image.sh: apt-get install debootstrap" >&2; exit 2; }
+    rootfs="$(mktemp -d "$cache/rootfs.XXXXXX")"
+    trap 'rm -rf "$rootfs"' EXIT
+    echo "base-image.sh: debootstrap $suite ($packages) into $rootfs" >&2
+    debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" >&2
+    # Point apt at the same suites as a stock Debian image, then trim what a container never uses.
+    printf 'deb %s %s main\ndeb %s %s-updates main\n' "$mirror" "$suite" "$mirror" "$suite" \
+        >"$rootfs/etc/apt/sources.list"
+    chroot "$rootfs" apt-get clean
+    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
+        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+        "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*.log "$rootfs"/var/log/apt/* \
+        "$rootfs"/tmp/* "$rootfs"/root/.cache
+    find "$rootfs" -name '__pycache__' -type d -prune -exec rm -rf {} +
+    tar --numeric-owner -C "$rootfs" -cf "$tarball.part" .
+    mv "$tarball.part" "$tarball"
+    rm -rf "$rootfs"
+    trap - EXIT
+fi
+
+docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'CMD ["/bin/bash"]' \
+    "$tarball" "$tag" >/dev/null
+echo "$tag"

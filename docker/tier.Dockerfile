@@ -1,0 +1,53 @@
+# One image per tier (mcu, edge, cloud): the shared FastAPI tier app with real LiteRT models.
+# Slim on purpose: no TensorFlow, no scipy/pandas/matplotlib, no pip in the runtime venv,
+# non-root, health check on /readyz.
+#
+#   docker build -f docker/tier.Dockerfile --build-arg TIER=edge -t edgebed/edge .
+#
+# BASE_IMAGE: any Debian-like image with python3 >= 3.11 and the venv module
+# (default python:3.11-slim; CI uses a debootstrap-built image, see docker/base-image.sh).
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    PATH=/opt/venv/bin:$PATH
+# Optional CA drop-in (certs/*.crt) for networks behind TLS-intercepting proxies.
+COPY certs/ /usr/local/share/ca-certificates/edgebed/
+COPY docker/install-certs.sh /usr/local/bin/edgebed-install-certs
+RUN edgebed-install-certs && python3 -m venv /opt/venv
+COPY docker/requirements-tier.txt /tmp/requirements-tier.txt
+RUN pip install -r /tmp/requirements-tier.txt
+# The edgebed package itself, without dependencies: the tier needs only the set above.
+COPY pyproject.toml README.md /src/
+COPY models /src/models
+COPY services /src/services
+COPY orchestrator /src/orchestrator
+COPY netem /src/netem
+RUN pip install --no-deps /src \
+    && pip uninstall --yes pip setuptools wheel \
+    && find /opt/venv -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} +
+
+FROM ${BASE_IMAGE}
+COPY certs/ /usr/local/share/ca-certificates/edgebed/
+COPY docker/install-certs.sh /usr/local/bin/edgebed-install-certs
+RUN edgebed-install-certs \
+    && useradd --uid 10001 --create-home --home-dir /home/edgebed --shell /usr/sbin/nologin edgebed
+COPY --from=build /opt/venv /opt/venv
+COPY models /app/models
+COPY data /app/data
+ARG TIER=edge
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH \
+    EDGEBED_MODELS_DIR=/app/models \
+    EDGEBED_DATA_DIR=/app/data \
+    EDGEBED_TIER=${TIER} \
+    EDGEBED_PORT=8000
+USER edgebed
+WORKDIR /home/edgebed
+EXPOSE 8000
+HEALTHCHECK --interval=2s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('EDGEBED_PORT', '8000') + '/readyz', timeout=2)"]
+CMD ["sh", "-c", "exec edgebed serve --tier \"$EDGEBED_TIER\" --host 0.0.0.0 --port \"$EDGEBED_PORT\""]
