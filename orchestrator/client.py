@@ -69,7 +69,10 @@ class Attempt:
         """Compact form kept in records.csv's ``attempts_json`` column."""
         d = asdict(self)
         d.pop("extra", None)
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+        return {
+            k: (None if v != v else round(v, 4)) if isinstance(v, float) else v
+            for k, v in d.items()
+        }
 
 
 def _request_bytes(req: httpx.Request) -> int:
@@ -85,7 +88,12 @@ def _response_bytes(resp: httpx.Response) -> int:
 
 
 def build_http_request(
-    client: httpx.AsyncClient, base_url: str, route: str, request: Request
+    client: httpx.AsyncClient,
+    base_url: str,
+    route: str,
+    request: Request,
+    *,
+    timeout_s: float = 30.0,
 ) -> httpx.Request:
     """The HTTP request for ``route`` (pure apart from httpx's request object)."""
     _, model = split_route(route)
@@ -98,14 +106,19 @@ def build_http_request(
             params={"model": model},
             content=request.image,
             headers={**headers, "content-type": "application/octet-stream"},
+            timeout=timeout_s,
         )
     body = {
         "model": model,
         "prompt": request.prompt,
         "max_tokens": request.max_tokens,
+        "length": request.length or None,
+        "request_id": str(request.id),
         "stream": False,
     }
-    return client.build_request("POST", f"{base}/v1/generate", json=body, headers=headers)
+    return client.build_request(
+        "POST", f"{base}/v1/generate", json=body, headers=headers, timeout=timeout_s
+    )
 
 
 def parse_answer(attempt: Attempt, payload: dict[str, Any]) -> None:
@@ -151,11 +164,9 @@ async def run_attempt(
         attempt.error = "request budget exhausted before this attempt"
         return attempt
     try:
-        http_req = build_http_request(client, base_url, route, request)
+        http_req = build_http_request(client, base_url, route, request, timeout_s=timeout_s)
         attempt.bytes_tx = _request_bytes(http_req)
-        resp = await client.send(
-            http_req, extensions={"timeout": httpx.Timeout(timeout_s).as_dict()}
-        )
+        resp = await client.send(http_req)
         attempt.status_code = resp.status_code
         attempt.bytes_rx = _response_bytes(resp)
         if resp.status_code == 200:

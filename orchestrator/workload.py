@@ -76,7 +76,7 @@ class WorkloadSpec(BaseModel):
     lm_deadline_extra_lo_ms: int = Field(2000, ge=0)
     lm_deadline_extra_hi_ms: int = Field(13000, ge=0)
     short_max_tokens: int = Field(32, ge=1, le=4096)
-    long_max_tokens: int = Field(256, ge=1, le=4096)
+    long_max_tokens: int = Field(128, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _ranges(self) -> WorkloadSpec:

@@ -1,0 +1,258 @@
+"""Replay a workload through one policy after another against tier URLs (asyncio + httpx).
+
+Open loop: each request has an intended send time from the arrival schedule and its latency is
+measured from that instant, so client-side lateness (a full concurrency window, a slow event
+loop) shows up as latency instead of hiding it. ``serial`` schedules run closed loop, like the
+simulator. Every request ends as exactly one record, whatever happened to it (refused,
+timeout, 503, dropped connection, a policy bug, Ctrl-C while in flight: outcome ``cancelled``).
+Records are handed to subscribers (CSV writer, metrics, progress bar) as they finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from orchestrator.client import Attempt, run_attempt
+from orchestrator.energy import EnergyModel
+from orchestrator.policies import LatencyPredictor, Policy, PolicyContext
+from orchestrator.records import make_record
+from orchestrator.workload import Request
+
+RecordSink = Callable[[dict[str, Any], Sequence[Attempt]], None]
+
+
+class ReplaySettings(BaseModel):
+    """How requests are sent: concurrency window, per-request timeout, send-time precision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(32, ge=1, le=10_000)
+    timeout_factor: float = Field(4.0, gt=0, le=1000)  # request budget = factor × deadline ...
+    timeout_min_s: float = Field(1.0, gt=0, le=3600)  # ... but at least this ...
+    timeout_max_s: float = Field(120.0, gt=0, le=3600)  # ... and at most this
+    start_lead_s: float = Field(0.05, ge=0, le=60)  # first intended send this long after start
+    spin_s: float = Field(0.002, ge=0, le=0.05)  # yield-spin this close to a send time
+    progress: bool = True
+
+    def request_timeout_s(self, deadline_ms: float) -> float:
+        return min(
+            self.timeout_max_s, max(self.timeout_min_s, deadline_ms / 1e3 * self.timeout_factor)
+        )
+
+
+def normalise_targets(targets: dict[str, str]) -> dict[str, str]:
+    """Tier names upper-cased (``mcu`` → ``MCU``), URLs without a trailing slash."""
+    out = {}
+    for tier, url in targets.items():
+        if not str(url).startswith(("http://", "https://")):
+            raise ValueError(f"targets.{tier} must be an http(s) URL, got {url!r}")
+        out[tier.upper()] = str(url).rstrip("/")
+    return out
+
+
+@dataclass
+class PassStats:
+    policy: str
+    n_planned: int
+    n_recorded: int = 0
+    started_s: float = 0.0
+    duration_s: float = 0.0
+    send_lag_ms: list[float] = field(default_factory=list)
+    interrupted: bool = False
+
+    def lag_summary(self) -> dict[str, float]:
+        if not self.send_lag_ms:
+            return {}
+        lag = np.asarray(self.send_lag_ms)
+        return {
+            "send_lag_p50_ms": float(np.percentile(lag, 50)),
+            "send_lag_p99_ms": float(np.percentile(lag, 99)),
+            "send_lag_max_ms": float(lag.max()),
+        }
+
+
+def make_client(concurrency: int, n_tiers: int = 3) -> httpx.AsyncClient:
+    """One pooled client for all tiers; never picks up proxies from the environment."""
+    limits = httpx.Limits(
+        max_connections=concurrency * max(1, n_tiers) + 8,
+        max_keepalive_connections=concurrency * max(1, n_tiers) + 8,
+    )
+    return httpx.AsyncClient(limits=limits, trust_env=False, timeout=httpx.Timeout(30.0))
+
+
+async def _sleep_until(t_target: float, spin_s: float) -> None:
+    """Sleep until ``t_target`` (perf_counter); the last ``spin_s`` yield-spins for precision."""
+    delay = t_target - time.perf_counter() - spin_s
+    if delay > 0:
+        await asyncio.sleep(delay)
+    while time.perf_counter() < t_target:
+        await asyncio.sleep(0)
+
+
+async def replay_policy(
+    requests: Sequence[Request],
+    schedule: np.ndarray | None,
+    policy: Policy,
+    *,
+    label: str,
+    targets: dict[str, str],
+    client: httpx.AsyncClient,
+    predictor: LatencyPredictor,
+    energy_model: EnergyModel,
+    settings: ReplaySettings,
+    sinks: Sequence[RecordSink] = (),
+    t_origin: float | None = None,
+) -> PassStats:
+    """One pass of the workload through ``policy``; returns send-time statistics."""
+    targets = normalise_targets(targets)
+    stats = PassStats(policy=label, n_planned=len(requests))
+    sem = asyncio.Semaphore(settings.concurrency)
+    origin = time.perf_counter() if t_origin is None else t_origin
+
+    def emit(row: dict[str, Any], attempts: Sequence[Attempt]) -> None:
+        stats.n_recorded += 1
+        stats.send_lag_ms.append(row["send_lag_ms"])
+        for sink in sinks:
+            sink(row, attempts)
+
+    async def one(req: Request, t_intended: float) -> None:
+        budget_end = t_intended + settings.request_timeout_s(req.deadline_ms)
+
+        async def attempt_fn(route: str) -> Attempt:
+            tier = route.split("/", 1)[0]
+            if tier not in targets:
+                return Attempt(route=route, outcome="error", error=f"no target URL for tier {tier}")
+            return await run_attempt(
+                client,
+                targets[tier],
+                route,
+                req,
+                timeout_s=budget_end - time.perf_counter(),
+                t_intended=t_intended,
+            )
+
+        ctx = PolicyContext(req, attempt_fn, predictor, t_intended)
+        accepted: Attempt | None = None
+        outcome: str | None = None
+        error = ""
+        t_send = t_intended
+        try:
+            async with sem:
+                t_send = time.perf_counter()
+                accepted = await policy.decide(req, ctx)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception as exc:  # a policy bug must not lose the record
+            outcome, error = "error", f"policy {label}: {type(exc).__name__}: {exc}"
+        finally:
+            elapsed_ms = (time.perf_counter() - t_intended) * 1e3
+            energy = energy_model.account(ctx.attempts, accepted)
+            row = make_record(
+                request=req,
+                policy=label,
+                attempts=ctx.attempts,
+                accepted=accepted,
+                energy=energy,
+                elapsed_ms=elapsed_ms,
+                send_lag_ms=(t_send - t_intended) * 1e3,
+                intended_send_s=t_intended - origin,
+                actual_send_s=t_send - origin,
+                outcome=outcome,
+            )
+            if error:
+                row["error"] = error
+            emit(row, ctx.attempts)
+
+    tasks: set[asyncio.Task[None]] = set()
+    t0 = time.perf_counter() + settings.start_lead_s
+    stats.started_s = t0 - origin
+    try:
+        if schedule is None:  # closed loop: the simulator's "one after another"
+            for req in requests:
+                await one(req, time.perf_counter())
+        else:
+            for req, offset_s in zip(requests, schedule, strict=True):
+                t_intended = t0 + float(offset_s)
+                await _sleep_until(t_intended, settings.spin_s)
+                task = asyncio.create_task(one(req, t_intended))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+    except asyncio.CancelledError:
+        stats.interrupted = True
+        for task in list(tasks):
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    finally:
+        stats.duration_s = time.perf_counter() - t0
+    return stats
+
+
+async def replay(
+    requests: Sequence[Request],
+    schedule: np.ndarray | None,
+    policies: Sequence[tuple[str, Policy]],
+    *,
+    targets: dict[str, str],
+    energy_model: EnergyModel,
+    settings: ReplaySettings | None = None,
+    predictor_factory: Callable[[], LatencyPredictor] = LatencyPredictor,
+    sinks: Sequence[RecordSink] = (),
+    on_pass_start: Callable[[str], None] | None = None,
+) -> list[PassStats]:
+    """Replay ``requests`` through each (label, policy) in turn, each pass with a fresh predictor.
+
+    A progress bar per pass when ``settings.progress``. On cancellation (Ctrl-C) the passes done
+    so far and the in-flight requests (as ``cancelled``) are already recorded.
+    """
+    settings = settings or ReplaySettings()
+    results: list[PassStats] = []
+    origin = time.perf_counter()
+    async with make_client(settings.concurrency, len(targets)) as client:
+        for label, policy in policies:
+            if on_pass_start is not None:
+                on_pass_start(label)
+            bar = tqdm(
+                total=len(requests),
+                desc=label,
+                unit="req",
+                disable=not settings.progress,
+                leave=True,
+                dynamic_ncols=True,
+            )
+
+            def tick(row: dict[str, Any], attempts: Sequence[Attempt], bar: tqdm = bar) -> None:
+                bar.update(1)
+
+            try:
+                results.append(
+                    await replay_policy(
+                        requests,
+                        schedule,
+                        policy,
+                        label=label,
+                        targets=targets,
+                        client=client,
+                        predictor=predictor_factory(),
+                        energy_model=energy_model,
+                        settings=settings,
+                        sinks=[*sinks, tick],
+                        t_origin=origin,
+                    )
+                )
+            finally:
+                bar.close()
+    return results
