@@ -1,0 +1,224 @@
+"""``edgebed link ...``: run link proxies, show and change links, probe fidelity, pick a backend."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+DEFAULT_CONTROL = os.environ.get("EDGEBED_LINK_CONTROL", "http://127.0.0.1:9100")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("link", help="emulated links: proxy, show, set, probe, backend, tc apply")
+    lsub = p.add_subparsers(dest="link_command", metavar="ACTION")
+
+    px = lsub.add_parser("proxy", help="run one userspace link proxy per link of a topology file")
+    px.add_argument("--config", required=True, help="topology YAML (links with listen/target)")
+    px.add_argument("--control", default=None, help="control API host:port (default: file's)")
+    px.add_argument("--seed", type=int, default=None)
+    px.add_argument("--realtime", action="store_true", help="SCHED_FIFO (root) for tight timing")
+    px.set_defaults(func=_proxy)
+
+    sh = lsub.add_parser("show", help="show links (from a running proxy, or a topology file)")
+    sh.add_argument("--control", default=DEFAULT_CONTROL, help="proxy control URL")
+    sh.add_argument("--config", default=None, help="show this topology file instead")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=_show)
+
+    st = lsub.add_parser("set", help="change a running link (partial update)")
+    st.add_argument("name")
+    st.add_argument("--control", default=DEFAULT_CONTROL)
+    st.add_argument("--direction", choices=("up", "down", "both"), default="both")
+    st.add_argument("--delay-ms", type=float)
+    st.add_argument("--jitter-ms", type=float)
+    st.add_argument("--distribution", choices=("uniform", "normal", "pareto"))
+    st.add_argument("--loss-pct", type=float)
+    st.add_argument("--loss-rto-ms", type=float)
+    st.add_argument("--rate-mbit", type=float)
+    st.add_argument("--unlimited", action="store_true", help="remove the rate limit")
+    st.add_argument("--rtt-range-ms", nargs=2, type=int, metavar=("LO", "HI"))
+    st.set_defaults(func=_set)
+
+    from netem.probe import add_rtt_arguments
+
+    pr = lsub.add_parser("probe", help="measure a link's round trips vs its configured law")
+    add_rtt_arguments(pr)
+    pr.add_argument("--realtime", action="store_true", help="SCHED_FIFO (root) while probing")
+    pr.set_defaults(func=_probe)
+
+    ec = lsub.add_parser("echo", help="run a TCP echo server (probe target)")
+    ec.add_argument("--bind", default="127.0.0.1:7007")
+    ec.add_argument("--realtime", action="store_true")
+    ec.set_defaults(func=_echo)
+
+    tp = lsub.add_parser("throughput", help="bulk echo transfer through a link, Mbit/s")
+    tp.add_argument("--target", required=True)
+    tp.add_argument("--bytes", type=int, default=250_000)
+    tp.set_defaults(func=_throughput)
+
+    be = lsub.add_parser("backend", help="detect capabilities and pick tc or proxy (with reason)")
+    be.add_argument("--backend", default="auto", choices=("auto", "tc", "proxy"))
+    be.add_argument("--json", action="store_true")
+    be.set_defaults(func=_backend)
+
+    ap = lsub.add_parser("apply", help="tc backend: shape a device with netem (root)")
+    ap.add_argument("--config", required=True, help="topology YAML")
+    ap.add_argument("--dev", required=True)
+    ap.add_argument("--peer", action="append", default=[], metavar="LINK=IP",
+                    help="peer address per link (needed with several links)")
+    ap.add_argument("--netns", default=None)
+    ap.add_argument("--no-ingress", action="store_true", help="shape only the up direction")
+    ap.add_argument("--dry-run", action="store_true", help="print the tc/ip commands only")
+    ap.set_defaults(func=_apply)
+
+    cl = lsub.add_parser("clear", help="tc backend: remove edgebed's qdiscs from a device")
+    cl.add_argument("--dev", required=True)
+    cl.add_argument("--netns", default=None)
+    cl.set_defaults(func=_clear)
+
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    from netem.proxy import main
+
+    argv = ["--config", args.config]
+    if args.control:
+        argv += ["--control", args.control]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
+    if args.realtime:
+        argv.append("--realtime")
+    return main(argv)
+
+
+def _http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    import httpx
+
+    try:
+        resp = httpx.request(method, url, json=body, timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach the link proxy control API at {url}: {exc}", file=sys.stderr)
+        return 0, None
+    try:
+        return resp.status_code, resp.json()
+    except ValueError:
+        return resp.status_code, resp.text
+
+
+def _show(args: argparse.Namespace) -> int:
+    if args.config:
+        from netem.spec import load_topology
+
+        try:
+            topo = load_topology(args.config)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        rows = {n: {"spec": lk.model_dump(mode="json"), "description": lk.describe(),
+                    "configured_rtt_mean_ms": lk.rtt_mean_ms(), "listen": lk.listen,
+                    "target": lk.target} for n, lk in topo.links.items()}
+    else:
+        code, body = _http("GET", f"{args.control.rstrip('/')}/v1/links")
+        if code != 200:
+            return 1
+        rows = body["links"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'link':<16} {'listen':<22} {'target':<22} {'RTT mean ms':>11}  law")
+    for name, r in rows.items():
+        print(f"{name:<16} {r.get('listen') or '-':<22} {r.get('target') or '-':<22} "
+              f"{r['configured_rtt_mean_ms']:>11.2f}  {r['description']}")
+    return 0
+
+
+def _set(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if args.rtt_range_ms:
+        body["rtt_range_ms"] = list(args.rtt_range_ms)
+    else:
+        body["direction"] = args.direction
+    for key in ("delay_ms", "jitter_ms", "distribution", "loss_pct", "loss_rto_ms", "rate_mbit"):
+        v = getattr(args, key)
+        if v is not None:
+            body[key] = v
+    if args.unlimited:
+        body["rate_mbit"] = None
+    code, resp = _http("PUT", f"{args.control.rstrip('/')}/v1/links/{args.name}", body)
+    if code == 200:
+        print(f"{args.name}: {resp['description']}")
+        return 0
+    if code:
+        msg = resp.get("message") or resp.get("detail") if isinstance(resp, dict) else resp
+        print(f"error ({code}): {msg}", file=sys.stderr)
+    return 2
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from netem.probe import run_rtt
+    from netem.sched import set_realtime
+
+    if args.realtime:
+        print(f"probe scheduling: {set_realtime()}", file=sys.stderr)
+    return run_rtt(args)
+
+
+def _echo(args: argparse.Namespace) -> int:
+    from netem.probe import run_serve
+    from netem.sched import set_realtime
+
+    if args.realtime:
+        print(f"echo scheduling: {set_realtime()}", file=sys.stderr)
+    return run_serve(args)
+
+
+def _throughput(args: argparse.Namespace) -> int:
+    from netem.probe import run_throughput
+
+    return run_throughput(args)
+
+
+def _backend(args: argparse.Namespace) -> int:
+    from netem.backends import describe_choice, select_backend
+
+    try:
+        choice = select_backend(args.backend)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(choice, indent=2) if args.json else describe_choice(choice))
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from netem import tc
+    from netem.spec import load_topology
+
+    try:
+        topo = load_topology(args.config)
+        peers = dict(p.split("=", 1) for p in args.peer)
+        if args.dry_run:
+            argvs = tc.build_apply_argvs(topo, args.dev, peer_ips=peers or None,
+                                         ingress=not args.no_ingress)
+            for argv in argvs:
+                print(" ".join(tc.in_netns(argv, args.netns)))
+            return 0
+        tc.apply(topo, args.dev, peer_ips=peers or None, ingress=not args.no_ingress,
+                 netns=args.netns)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"applied {len(topo.links)} link(s) on {args.dev}")
+    return 0
+
+
+def _clear(args: argparse.Namespace) -> int:
+    from netem import tc
+
+    tc.clear(args.dev, netns=args.netns)
+    print(f"cleared {args.dev}")
+    return 0

@@ -1,0 +1,697 @@
+"""Userspace link proxy: asyncio TCP forwarders that impose a :class:`LinkSpec`, with a control API.
+
+Per connection and per direction (``up`` = client -> target, ``down`` = target -> client), each
+chunk read from one socket is released to the other at::
+
+    ready   = arrival + draw            # draw from the direction's delay law (netem.spec)
+    release = max(previous release, ready) + len(chunk) / rate   # never reordered; rate: FIFO
+                                                                  # serialiser (token bucket with
+                                                                  # no burst), chunks split to
+                                                                  # segments of >= 1 ms / 1448 B
+Loss: TCP hides loss from applications, so a "lost" chunk is delivered late: with probability
+``loss_pct``/100 per chunk its draw gets ``loss_rto_ms`` (default 200 ms, Linux's minimum RTO)
+added, and — as with TCP's in-order delivery — later chunks wait behind it.
+
+Releases are timed by a ``timerfd`` in the event loop (:class:`LoopTimer`): asyncio's own
+timers round to whole milliseconds. For tight timing tails on a busy host run the subprocess
+with ``--realtime`` (SCHED_FIFO, needs root), as netem's kernel timers effectively are.
+
+Run N links in one process::
+
+    links = await serve_links(topology, control="127.0.0.1:0")   # netem.spec.Topology
+    links.address("device-edge")  # -> ("127.0.0.1", 40123)
+    await links.close()
+
+or as a subprocess: ``python -m netem.proxy --config links.yaml`` (prints one JSON line with the
+bound addresses once listening; stops cleanly on SIGTERM/SIGINT). Control API (JSON):
+``GET /v1/links``, ``GET|PUT /v1/links/{name}``, ``PUT /v1/links/{name}/fidelity``,
+``GET /healthz``, ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import ctypes
+import heapq
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import uvicorn
+from fastapi import Body, FastAPI, HTTPException
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import ValidationError
+
+from netem.metrics import LinkMetrics
+from netem.sched import set_realtime
+from netem.spec import (
+    _DIRECTION_KEYS,
+    DirectionSpec,
+    LinkSpec,
+    Topology,
+    format_validation_error,
+    load_topology,
+    parse_hostport,
+)
+
+HIGH_WATER_BYTES = 4 * 1024 * 1024
+LOW_WATER_BYTES = 1024 * 1024
+MIN_SEGMENT_BYTES = 1448
+EARLY_S = 20e-6  # release a chunk this close to its time without another timer round
+MAX_LEAD_S = 300e-6  # at most this much wake-up lag is compensated
+LEAD_GAIN = 0.05
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class LoopTimer:
+    """Calls ``cb()`` in the event loop at ``time.monotonic()`` instants, µs-precise.
+
+    asyncio's (and uvloop's) own timers round to whole milliseconds. On Linux this arms a
+    ``timerfd`` (CLOCK_MONOTONIC, absolute, no timer slack) watched by the loop's selector; on
+    other systems it falls back to a thread sleeping on a condition variable that hands due
+    callbacks to the loop (``call_soon_threadsafe``).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._armed: float | None = None
+        self.lead_s = 0.0  # EWMA of how late wake-ups are; releases happen this much earlier
+        self._fd = -1
+        self._libc: Any = None
+        self._thread: threading.Thread | None = None
+        self._cond = threading.Condition()
+        self._stop = False
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                libc = ctypes.CDLL(None, use_errno=True)
+                fd = libc.timerfd_create(1, os.O_NONBLOCK | os.O_CLOEXEC)  # CLOCK_MONOTONIC
+                if fd >= 0:
+                    self._libc, self._fd = libc, fd
+                    loop.add_reader(fd, self._on_timerfd)
+        if self._fd < 0:
+            self._thread = threading.Thread(target=self._thread_run, daemon=True,
+                                            name="edgebed-link-timer")
+            self._thread.start()
+
+    @property
+    def kind(self) -> str:
+        return "timerfd" if self._fd >= 0 else "thread"
+
+    def call_at(self, when: float, cb: Callable[[], None]) -> None:
+        """Call ``cb`` at ``when``, armed ``lead_s`` early to cancel the typical wake-up lag."""
+        when -= self.lead_s
+        if self._fd >= 0:
+            heapq.heappush(self._heap, (when, next(self._seq), cb))
+            if self._armed is None or when < self._armed:
+                self._arm(when)
+            return
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._seq), cb))
+            if self._heap[0][0] == when:
+                self._cond.notify()
+
+    def _arm(self, when: float) -> None:
+        ns = max(1, int(when * 1e9))
+        spec = _Itimerspec(_Timespec(0, 0), _Timespec(ns // 1_000_000_000, ns % 1_000_000_000))
+        self._libc.timerfd_settime(self._fd, 1, ctypes.byref(spec), None)  # TFD_TIMER_ABSTIME
+        self._armed = when
+
+    def _on_timerfd(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            os.read(self._fd, 8)
+        now = time.monotonic()
+        if self._armed is not None:
+            late = min(max(now - self._armed, 0.0), MAX_LEAD_S)
+            self.lead_s += LEAD_GAIN * (late - self.lead_s)
+        self._armed = None
+        while self._heap and self._heap[0][0] <= now + EARLY_S:
+            _, _, cb = heapq.heappop(self._heap)
+            cb()
+            now = time.monotonic()
+        if self._heap:
+            self._arm(self._heap[0][0])
+
+    def _thread_run(self) -> None:
+        with self._cond:
+            while not self._stop:
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                delta = self._heap[0][0] - time.monotonic()
+                if delta > 0:
+                    self._cond.wait(delta)
+                    continue
+                _, _, cb = heapq.heappop(self._heap)
+                with contextlib.suppress(RuntimeError):  # loop already closed
+                    self.loop.call_soon_threadsafe(cb)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        if self._thread is not None:
+            with self._cond:
+                self._stop = True
+                self._cond.notify()
+            self._thread.join(timeout=2)
+
+
+class LinkRuntime:
+    """One configured link: its current spec (changeable at runtime), RNGs and metrics."""
+
+    def __init__(self, name: str, spec: LinkSpec, metrics: LinkMetrics, seed: int) -> None:
+        self.name = name
+        self.spec = spec
+        self.metrics = metrics
+        base = zlib.crc32(name.encode())
+        self.rng = {"up": random.Random(seed * 1_000_003 + base * 2),
+                    "down": random.Random(seed * 1_000_003 + base * 2 + 1)}
+        self.address: tuple[str, int] | None = None
+        self.server: asyncio.base_events.Server | None = None
+        self.connections: set[_Connection] = set()
+        metrics.init_link(name, spec)
+
+    def direction(self, d: str) -> DirectionSpec:
+        return self.spec.up if d == "up" else self.spec.down
+
+    def set_spec(self, spec: LinkSpec) -> None:
+        self.spec = spec
+        self.metrics.set_configured(self.name, spec)
+
+
+class _Pipe:
+    """One direction of one connection: delays, shapes and forwards chunks in order."""
+
+    def __init__(self, conn: _Connection, direction: str) -> None:
+        self.conn = conn
+        self.direction = direction
+        self.link = conn.link
+        m = conn.link.metrics
+        self.m_bytes = m.bytes.labels(self.link.name, direction)
+        self.m_chunks = m.chunks.labels(self.link.name, direction)
+        self.m_drops = m.drops.labels(self.link.name, direction)
+        self.m_delay = m.delay.labels(self.link.name, direction)
+        self.queue: collections.deque[tuple[float, bytes, float]] = collections.deque()
+        self.queued_bytes = 0
+        self.last_release = 0.0
+        self.armed_for: float | None = None
+        self.src: asyncio.Transport | None = None
+        self.dst: asyncio.Transport | None = None
+        self.finish: str | None = None  # "eof" or "close" once the source is done
+        self.paused_src = False
+
+    def feed(self, data: bytes) -> None:
+        spec = self.link.direction(self.direction)
+        now = time.monotonic()
+        n = len(data)
+        self.m_bytes.inc(n)
+        if not self.queue and spec.is_zero and spec.rate_mbit is None:
+            self.m_chunks.inc()
+            self.m_delay.observe(0.0)
+            if self.dst is not None:
+                self.dst.write(data)
+            return
+        rng = self.link.rng[self.direction]
+        rate = spec.rate_bytes_per_s
+        seg = n if rate is None else max(MIN_SEGMENT_BYTES, int(rate * 0.001))
+        for off in range(0, n, seg):
+            part = data[off:off + seg] if seg < n else data
+            draw_ms = spec.sample_base_ms(rng)
+            if spec.loss_pct and rng.random() < spec.loss_ratio:
+                draw_ms += spec.loss_rto_ms
+                self.m_drops.inc()
+            release = max(now + draw_ms / 1000.0, self.last_release)
+            if rate is not None:
+                release += len(part) / rate
+            self.last_release = release
+            self.queue.append((release, part, now))
+            self.queued_bytes += len(part)
+            self.m_chunks.inc()
+        if self.queued_bytes > HIGH_WATER_BYTES and self.src is not None and not self.paused_src:
+            self.paused_src = True
+            self.src.pause_reading()
+        self._arm()
+
+    def _arm(self) -> None:
+        if not self.queue:
+            return
+        head = self.queue[0][0]
+        if self.armed_for is not None and self.armed_for <= head:
+            return
+        self.armed_for = head
+        timer = self.conn.proxy.timer
+        assert timer is not None
+        timer.call_at(head - EARLY_S, self._wake)
+
+    def _wake(self) -> None:
+        self.armed_for = None
+        timer = self.conn.proxy.timer
+        now = time.monotonic()
+        horizon = now + EARLY_S + (timer.lead_s if timer is not None else 0.0)
+        while self.queue and self.queue[0][0] <= horizon:
+            _, part, arrival = self.queue.popleft()
+            self.queued_bytes -= len(part)
+            self.m_delay.observe(max(0.0, now - arrival))
+            if self.dst is not None and not self.dst.is_closing():
+                self.dst.write(part)
+        if self.paused_src and self.queued_bytes < LOW_WATER_BYTES and self.src is not None:
+            self.paused_src = False
+            with contextlib.suppress(RuntimeError):
+                self.src.resume_reading()
+        if self.queue:
+            self._arm()
+        else:
+            self._maybe_finish()
+
+    def end(self, how: str) -> None:
+        self.finish = how
+        if not self.queue:
+            self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self.finish is None or self.dst is None or self.dst.is_closing():
+            return
+        if self.finish == "eof" and self.dst.can_write_eof():
+            self.dst.write_eof()
+        else:
+            self.dst.close()
+
+
+class _Side(asyncio.Protocol):
+    def __init__(self, conn: _Connection, name: str) -> None:
+        self.conn = conn
+        self.name = name  # "client" or "target"
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        with contextlib.suppress(OSError):
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn.made(self)
+
+    def data_received(self, data: bytes) -> None:
+        (self.conn.up if self.name == "client" else self.conn.down).feed(data)
+
+    def eof_received(self) -> bool:
+        (self.conn.up if self.name == "client" else self.conn.down).end("eof")
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.lost(self)
+
+    def pause_writing(self) -> None:  # our transport is full: stop reading the other side
+        other = self.conn.target if self.name == "client" else self.conn.client
+        if other is not None and other.transport is not None:
+            other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self.conn.target if self.name == "client" else self.conn.client
+        if other is not None and other.transport is not None:
+            with contextlib.suppress(RuntimeError):
+                other.transport.resume_reading()
+
+
+class _Connection:
+    def __init__(self, proxy: LinkProxySet, link: LinkRuntime) -> None:
+        self.proxy = proxy
+        self.link = link
+        self.loop = asyncio.get_running_loop()
+        self.client: _Side | None = None
+        self.target: _Side | None = None
+        self.up = _Pipe(self, "up")
+        self.down = _Pipe(self, "down")
+        self.closed = False
+
+    def client_protocol(self) -> _Side:
+        self.client = _Side(self, "client")
+        return self.client
+
+    def target_protocol(self) -> _Side:
+        self.target = _Side(self, "target")
+        return self.target
+
+    def made(self, side: _Side) -> None:
+        if side is self.client:
+            assert side.transport is not None
+            side.transport.pause_reading()
+            self.link.connections.add(self)
+            self.link.metrics.connections.labels(self.link.name).inc()
+            self.link.metrics.open_connections.labels(self.link.name).inc()
+            self.up.src = side.transport
+            self.down.dst = side.transport
+            self.proxy.spawn(self._connect())
+        else:
+            assert side.transport is not None and self.client is not None
+            self.up.dst = side.transport
+            self.down.src = side.transport
+            if self.closed or self.client.transport is None or self.client.transport.is_closing():
+                side.transport.close()  # the client left while we were connecting
+                return
+            self.client.transport.resume_reading()
+
+    async def _connect(self) -> None:
+        target = self.link.spec.target
+        assert target is not None
+        host, port = parse_hostport(target, key="target")
+        try:
+            await self.loop.create_connection(self.target_protocol, host, port)
+        except OSError:
+            self.link.metrics.connect_errors.labels(self.link.name).inc()
+            if self.client is not None and self.client.transport is not None:
+                self.client.transport.close()
+
+    def lost(self, side: _Side) -> None:
+        if side is self.client:
+            self.up.end("close")
+            if not self.closed:
+                self.closed = True
+                self.link.connections.discard(self)
+                self.link.metrics.open_connections.labels(self.link.name).dec()
+        else:
+            self.down.end("close")
+
+    def abort(self) -> None:
+        for side in (self.client, self.target):
+            if side is not None and side.transport is not None:
+                side.transport.abort()
+
+
+class LinkProxySet:
+    """Proxies for several links in one event loop, plus the optional control API server."""
+
+    def __init__(self, topology: Topology, *, registry: CollectorRegistry | None = None) -> None:
+        self.topology = topology
+        self.metrics = LinkMetrics(registry)
+        self.links: dict[str, LinkRuntime] = {
+            name: LinkRuntime(name, spec, self.metrics, topology.seed)
+            for name, spec in topology.links.items()
+        }
+        self.timer: LoopTimer | None = None
+        self.control_address: tuple[str, int] | None = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def address(self, name: str) -> tuple[str, int]:
+        addr = self.links[name].address
+        if addr is None:
+            raise KeyError(f"link {name!r} is not listening")
+        return addr
+
+    def url(self, name: str) -> str:
+        host, port = self.address(name)
+        return f"http://{host}:{port}"
+
+    @property
+    def control_url(self) -> str | None:
+        if self.control_address is None:
+            return None
+        return f"http://{self.control_address[0]}:{self.control_address[1]}"
+
+    async def start(self, control: str | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.timer = LoopTimer(loop)
+        for link in self.links.values():
+            if link.spec.target is None:
+                raise ValueError(f"links.{link.name}.target must be host:port, got None")
+            host, port = parse_hostport(link.spec.listen or "127.0.0.1:0", key="listen")
+
+            def factory(link: LinkRuntime = link) -> asyncio.Protocol:
+                return _Connection(self, link).client_protocol()
+
+            server = await loop.create_server(factory, host, port, reuse_address=True)
+            link.server = server
+            sockname = server.sockets[0].getsockname()
+            link.address = (sockname[0], sockname[1])
+        if control is not None:
+            await self._start_control(control)
+
+    async def _start_control(self, control: str) -> None:
+        host, port = parse_hostport(control, key="control")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        self.control_address = (host, sock.getsockname()[1])
+        config = uvicorn.Config(create_control_app(self), log_level="warning", lifespan="off",
+                                access_log=False)
+        self._uvicorn = uvicorn.Server(config)
+        self.spawn(self._uvicorn.serve(sockets=[sock]))
+        for _ in range(500):
+            if self._uvicorn.started:
+                return
+            await asyncio.sleep(0.01)
+        raise RuntimeError("control API did not start within 5 s")
+
+    def update(self, name: str, changes: Mapping[str, Any]) -> LinkSpec:
+        """Merge ``changes`` into link ``name``'s spec; raises ValidationError/KeyError."""
+        link = self.links[name]
+        link.set_spec(merge_spec(link.spec, changes))
+        return link.spec
+
+    async def close(self) -> None:
+        for link in self.links.values():
+            if link.server is not None:
+                link.server.close()
+            for conn in list(link.connections):
+                conn.abort()
+        for link in self.links.values():
+            if link.server is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(link.server.wait_closed(), 2)
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        if self.timer is not None:
+            self.timer.close()
+
+    async def __aenter__(self) -> LinkProxySet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def merge_spec(spec: LinkSpec, changes: Mapping[str, Any]) -> LinkSpec:
+    """Apply a partial update (the control API's PUT body) to ``spec``.
+
+    ``rtt_range_ms`` replaces both directions; top-level direction keys (``delay_ms``, ...)
+    update the direction(s) named by ``direction`` (``up``, ``down`` or ``both``, default
+    ``both``); ``up``/``down`` objects update those directions field by field. Changing
+    ``delay_ms``/``jitter_ms``/``distribution`` without ``integer_ms`` resets ``integer_ms``.
+    """
+    changes = dict(changes)
+    base = spec.model_dump(exclude={"rtt_range_ms"})
+    for key in ("src", "dst", "listen", "target"):
+        if key in changes:
+            base[key] = changes.pop(key)
+    if "rtt_range_ms" in changes:
+        rtt = changes.pop("rtt_range_ms")
+        extra = {k: changes.pop(k) for k in list(changes) if k in _DIRECTION_KEYS}
+        if changes:
+            raise ValueError(f"rtt_range_ms cannot be combined with {sorted(changes)}")
+        base.pop("up"), base.pop("down")
+        return LinkSpec.model_validate({**base, **extra, "rtt_range_ms": rtt})
+    direction = changes.pop("direction", "both")
+    if direction not in ("up", "down", "both"):
+        raise ValueError(f"direction must be one of up, down, both, got {direction!r}")
+    shared = {k: changes.pop(k) for k in list(changes) if k in _DIRECTION_KEYS}
+    for d in ("up", "down"):
+        own = changes.pop(d, None) or {}
+        if not isinstance(own, Mapping):
+            raise ValueError(f"{d} must be an object, got {own!r}")
+        upd = {**(shared if direction in (d, "both") else {}), **own}
+        if upd.keys() & {"delay_ms", "jitter_ms", "distribution"} and "integer_ms" not in upd:
+            upd["integer_ms"] = False
+        base[d] = {**base[d], **upd}
+    if changes:
+        raise ValueError(f"unknown keys {sorted(changes)}; allowed: rtt_range_ms, direction, up, "
+                         f"down, src, dst, listen, target, {', '.join(_DIRECTION_KEYS)}")
+    return LinkSpec.model_validate(base)
+
+
+def link_view(link: LinkRuntime) -> dict[str, Any]:
+    spec = link.spec
+    return {
+        "name": link.name,
+        "spec": spec.model_dump(mode="json"),
+        "description": spec.describe(),
+        "listen": None if link.address is None else f"{link.address[0]}:{link.address[1]}",
+        "target": spec.target,
+        "configured_rtt_mean_ms": spec.rtt_mean_ms(),
+        "open_connections": len(link.connections),
+    }
+
+
+def create_control_app(links: LinkProxySet) -> FastAPI:
+    """The control API: list, read and change links at runtime; metrics; fidelity reports."""
+    app = FastAPI(title="edgebed link proxy control", version="1")
+
+    def get_link(name: str) -> LinkRuntime:
+        if name not in links.links:
+            raise HTTPException(404, detail={"field": "name",
+                                             "msg": f"unknown link {name!r}",
+                                             "allowed": sorted(links.links)})
+        return links.links[name]
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/links")
+    def list_links() -> dict[str, Any]:
+        return {"links": {n: link_view(lk) for n, lk in links.links.items()}}
+
+    @app.get("/v1/links/{name}")
+    def read_link(name: str) -> dict[str, Any]:
+        return link_view(get_link(name))
+
+    @app.put("/v1/links/{name}")
+    def change_link(name: str, changes: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+        link = get_link(name)
+        try:
+            links.update(name, changes)
+        except ValidationError as exc:
+            errors = [{"field": ".".join(str(p) for p in e["loc"]),
+                       "msg": e["msg"].removeprefix("Value error, ")} for e in exc.errors()]
+            return JSONResponse(status_code=422, content={
+                "detail": errors, "message": format_validation_error(exc)})
+        except ValueError as exc:
+            return JSONResponse(status_code=422, content={"detail": [{"field": "body",
+                                                                      "msg": str(exc)}],
+                                                          "message": str(exc)})
+        return link_view(link)
+
+    @app.put("/v1/links/{name}/fidelity")
+    def put_fidelity(name: str, report: dict[str, Any] = Body(...)) -> dict[str, str]:  # noqa: B008
+        get_link(name)
+        try:
+            links.metrics.set_fidelity(name, report)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise HTTPException(422, detail={"field": "body", "msg": str(exc)}) from None
+        return {"status": "recorded"}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(links.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def serve_links(topology: Topology | Mapping[str, LinkSpec | Mapping[str, Any]], *,
+                      control: str | None = None, seed: int | None = None,
+                      registry: CollectorRegistry | None = None) -> LinkProxySet:
+    """Start one proxy per link (each link needs ``target``; ``listen`` defaults to
+    ``127.0.0.1:0``) in the running loop, plus the control API when ``control`` (host:port,
+    port 0 = any) or ``topology.control`` is set. Close with ``await result.close()``."""
+    if not isinstance(topology, Topology):
+        topology = Topology.model_validate({"links": dict(topology), "seed": seed or 0})
+    elif seed is not None:
+        topology = topology.model_copy(update={"seed": seed})
+    proxies = LinkProxySet(topology, registry=registry)
+    try:
+        await proxies.start(control or topology.control)
+    except BaseException:
+        await proxies.close()
+        raise
+    return proxies
+
+
+def ready_line(proxies: LinkProxySet, **extra: Any) -> str:
+    """The JSON line the subprocess prints once listening."""
+    return json.dumps({
+        "ready": True,
+        "pid": os.getpid(),
+        "control": proxies.control_url,
+        "timer": proxies.timer.kind if proxies.timer is not None else None,
+        **extra,
+        "links": {n: f"{lk.address[0]}:{lk.address[1]}" for n, lk in proxies.links.items()
+                  if lk.address is not None},
+    })
+
+
+async def _main_async(topology: Topology, control: str | None, **extra: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def request_stop(*_: object) -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+    proxies = await serve_links(topology, control=control)
+    print(ready_line(proxies, **extra), flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await proxies.close()
+
+
+def _run(coro: Any) -> Any:
+    """asyncio.run on uvloop when installed (lower per-hop overhead)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m netem.proxy",
+                                     description="Run one userspace link proxy per link.")
+    parser.add_argument("--config", required=True, help="topology YAML (links with target)")
+    parser.add_argument("--control", default=None,
+                        help="host:port of the control API (default: the file's control key)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--realtime", action="store_true",
+                        help="run under SCHED_FIFO (root) for tight timing on a busy host")
+    args = parser.parse_args(argv)
+    extra = {"realtime": set_realtime() if args.realtime else "off"}
+    try:
+        topology = load_topology(args.config)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.seed is not None:
+        topology = topology.model_copy(update={"seed": args.seed})
+    try:
+        _run(_main_async(topology, args.control, **extra))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
