@@ -50,4 +50,6 @@ WORKDIR /home/edgebed
 EXPOSE 8000
 HEALTHCHECK --interval=2s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('EDGEBED_PORT', '8000') + '/readyz', timeout=2)"]
-CMD ["sh", "-c", "exec edgebed serve --tier \"$EDGEBED_TIER\" --host 0.0.0.0 --port \"$EDGEBED_PORT\""]
+# `python -m services.tier` is `edgebed serve` without the rest of the CLI (whose orchestrator
+# commands need pandas, which this image leaves out).
+CMD ["sh", "-c", "exec python3 -m services.tier --tier \"$EDGEBED_TIER\" --host 0.0.0.0 --port \"$EDGEBED_PORT\""]

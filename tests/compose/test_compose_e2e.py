@@ -1,0 +1,305 @@
+"""End to end on a real Docker engine: build the images, ``up``, run the default experiment in the
+orchestrator container, check records against Prometheus, evaluate every Grafana panel, ``down``.
+
+The test starts its own ``dockerd`` (docker/dockerd.sh: own data root, exec root, pidfile and
+socket; stopped by PID), builds the base image with debootstrap (docker/base-image.sh, cached)
+because no image registry is assumed, and builds Prometheus from Debian's package
+(docker/prometheus.Dockerfile). Grafana's image is laptop-only: its profile stays off here, but
+every query of its dashboard is evaluated against the stack's real Prometheus.
+
+The images are built from a copy of the work tree (tracked and untracked, not ignored files), with
+the host's CA bundle added as ``certs/host-ca.crt``: builds reach PyPI through a TLS-intercepting
+proxy on CI machines. ``EDGEBED_CACHE_DIR`` (default ``.edgebed/cache``) keeps the debootstrap
+tarball and the engine's data root between runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "observability" / "grafana"))
+import build_dashboard  # noqa: E402
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+TIER_MAX_BYTES = 300 * 1000 * 1000  # "300 MB" as docker reports sizes
+PROJECT = "edgebed-e2e"
+TAG = "e2e"
+N_REQUESTS = int(os.environ.get("EDGEBED_E2E_N", "6"))
+UP_TIMEOUT_S = 600.0
+
+
+def _missing_capability() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to start a private Docker engine"
+    for tool, pkg in (("dockerd", "docker.io"), ("docker", "docker.io"),
+                      ("docker-compose", "docker-compose"), ("debootstrap", "debootstrap")):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (apt-get install {pkg})"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Timer:
+    """Phase durations, printed live on the terminal (not captured) and summed at the end."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.t0 = time.monotonic()
+        self.phases: list[tuple[str, float]] = []
+        self._last = self.t0
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        took, self._last = now - self._last, now
+        self.phases.append((phase, took))
+        self.say(f"[compose e2e] {phase}: {took:.1f} s (total {now - self.t0:.1f} s)")
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path | None = None,
+        timeout_s: float = 900) -> str:
+    res = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
+                         timeout=timeout_s, check=False)
+    if res.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({res.returncode}):\n"
+                             f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[dict[str, str]]:
+    reason = _missing_capability()
+    if reason:
+        pytest.skip(reason)
+    cache = Path(os.environ.get("EDGEBED_CACHE_DIR", REPO / ".edgebed" / "cache"))
+    state = cache / "docker"
+    env = {**os.environ, "EDGEBED_CACHE_DIR": str(cache)}
+    out = run(["bash", str(REPO / "docker" / "dockerd.sh"), "start", str(state)], env)
+    env["DOCKER_HOST"] = out.strip().rsplit("=", 1)[1]
+    try:
+        yield env
+    finally:
+        subprocess.run(["bash", str(REPO / "docker" / "dockerd.sh"), "stop", str(state)],
+                       env=env, check=False, timeout=60)
+
+
+def build_context(dest: Path) -> Path:
+    """A copy of the work tree as git sees it (tracked + untracked, minus ignored) + host CA."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    for raw in filter(None, files):
+        rel = raw.decode()
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    if HOST_CA.exists():
+        shutil.copy(HOST_CA, dest / "certs" / "host-ca.crt")
+    (dest / "runs").mkdir(exist_ok=True)
+    return dest
+
+
+def expected_backend() -> str:
+    """What ``auto`` must pick here: tc when a fresh network namespace accepts netem."""
+    ns = f"edgebed-e2e-{os.getpid()}"
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a network namespace to check for sch_netem")
+    try:
+        res = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo",
+                              "root", "netem", "delay", "1ms"], capture_output=True)
+        return "tc" if res.returncode == 0 else "proxy"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def prom_query(client: httpx.Client, url: str, query: str) -> list[dict]:
+    r = client.get(f"{url}/api/v1/query", params={"query": query})
+    r.raise_for_status()
+    return r.json()["data"]["result"]
+
+
+def prom_range(client: httpx.Client, url: str, query: str, start: float, end: float,
+               step_s: float) -> list[dict]:
+    r = client.get(f"{url}/api/v1/query_range",
+                   params={"query": query, "start": start, "end": end, "step": step_s})
+    if r.status_code != 200:
+        raise AssertionError(f"query failed ({r.status_code}): {query}\n{r.text[:500]}")
+    return r.json()["data"]["result"]
+
+
+def panel_queries(run_name: str, rate_interval: str) -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every target, with Grafana's variables filled in."""
+    out = []
+    for panel in build_dashboard.build()["panels"]:
+        for target in panel.get("targets", []):
+            expr = (target["expr"].replace("$run", run_name).replace("$policy", ".*")
+                    .replace("$__rate_interval", rate_interval))
+            out.append((f"{panel['title']} [{target['refId']}]", expr))
+    return out
+
+
+@pytest.fixture
+def say(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+
+    def write(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            print(line, file=sys.stderr)
+
+    return write
+
+
+@pytest.mark.timeout(1800)
+def test_compose_stack_end_to_end(engine: dict[str, str], tmp_path: Path,
+                                  say: Callable[[str], None]) -> None:
+    timer = Timer(say)
+    env = engine
+    base = "edgebed/base:bookworm"
+    run(["bash", str(REPO / "docker" / "base-image.sh"), base], env, timeout_s=1200)
+    timer.mark("base image (debootstrap, cached tarball)")
+    prom_image = f"edgebed/prometheus:{TAG}"
+    run(["docker", "build", "-q", "-f", str(REPO / "docker" / "prometheus.Dockerfile"),
+         "--build-arg", f"BASE_IMAGE={base}", "-t", prom_image, str(REPO / "docker")], env)
+    timer.mark("prometheus image (Debian package)")
+
+    ctx = build_context(tmp_path / "edgebed")
+    ports = {k: _free_port() for k in ("MCU", "EDGE", "CLOUD", "PROMETHEUS", "ORCHESTRATOR",
+                                       "LINKS", "GRAFANA")}
+    dotenv = {
+        "COMPOSE_PROJECT_NAME": PROJECT,
+        "COMPOSE_PROFILES": "",  # no Grafana image here (laptop-only)
+        "EDGEBED_TAG": TAG,
+        "EDGEBED_BASE_IMAGE": base,
+        "EDGEBED_PROMETHEUS_IMAGE": prom_image,
+        "EDGEBED_N": str(N_REQUESTS),
+        "EDGEBED_LINK_BACKEND": "auto",
+        **{f"EDGEBED_{k}_PORT": str(v) for k, v in ports.items()},
+        "EDGEBED_CLOUD_CPUS": str(min(2.0, float(os.cpu_count() or 1))),
+    }
+    (ctx / ".env").write_text("".join(f"{k}={v}\n" for k, v in dotenv.items()))
+    compose = ["docker-compose", "--project-directory", str(ctx), "-f",
+               str(ctx / "docker-compose.yml")]
+    cenv = {k: v for k, v in env.items() if not k.startswith(("COMPOSE_", "EDGEBED_"))}
+
+    for service in ("mcu", "edge", "cloud", "orchestrator"):  # in turn: tiers share layers
+        run([*compose, "build", service], cenv, timeout_s=1200)
+    timer.mark("build mcu, edge, cloud, orchestrator images")
+    sizes = {}
+    for name in ("mcu", "edge", "cloud", "orchestrator"):
+        out = run(["docker", "image", "inspect", "--format", "{{.Size}}",
+                   f"edgebed/{name}:{TAG}"], env)
+        sizes[name] = int(out.strip())
+    say("[compose e2e] image sizes (MB): "
+        + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in sizes.items()))
+    for tier in ("mcu", "edge", "cloud"):
+        assert sizes[tier] <= TIER_MAX_BYTES, f"{tier} image {sizes[tier] / 1e6:.0f} MB > 300 MB"
+
+    try:
+        run([*compose, "up", "-d"], cenv, timeout_s=UP_TIMEOUT_S)
+        timer.mark("up (tiers healthy, orchestrator started)")
+        runs = ctx / "runs"
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        done: list[Path] = []
+        while not done:
+            done = list(runs.glob("*/DONE"))
+            cid = run([*compose, "ps", "-q", "orchestrator"], cenv).strip()
+            state = run(["docker", "inspect", "--format", "{{.State.Status}}", cid],
+                        env).strip() if cid else "missing"
+            if state in ("exited", "dead") or time.monotonic() > deadline:
+                logs = run([*compose, "logs", "--no-color", "--tail", "80"], cenv)
+                raise AssertionError(f"orchestrator {state}, no finished run:\n{logs}")
+            time.sleep(1)
+        timer.mark(f"experiment run in the orchestrator container (n={N_REQUESTS})")
+        run_dir = done[0].parent
+        check_run(run_dir, ports, env)
+        timer.mark("checks: records, Prometheus totals, dashboard queries")
+    finally:
+        subprocess.run([*compose, "down", "-v", "--timeout", "10"], env=cenv,
+                       capture_output=True, timeout=300, check=False)
+        timer.mark("down")
+    total = sum(d for _, d in timer.phases)
+    say(f"[compose e2e] total {total:.1f} s: "
+        + "; ".join(f"{p} {d:.0f} s" for p, d in timer.phases))
+
+
+def check_run(run_dir: Path, ports: dict[str, int], env: dict[str, str]) -> None:
+    info = json.loads((run_dir / "run.json").read_text())
+    with (run_dir / "records.csv").open() as f:
+        records = list(csv.DictReader(f))
+    policies = info["policies"]
+    assert len(records) == N_REQUESTS * len(policies), (len(records), policies)
+    bad = [r for r in records if r["outcome"] != "ok"]
+    assert not bad, f"{len(bad)} records not ok, e.g. {bad[0]}"
+    assert (run_dir / "summary.csv").exists()
+
+    # links: the backend auto picked, with its reason, and a fidelity report per link
+    backend = info["link_backend"]["backend"]
+    assert backend == expected_backend(), info["link_backend"]
+    assert info["link_backend"]["reason"]
+    fidelity = info["link_fidelity"]
+    assert set(fidelity) == {"device-mcu", "device-edge", "device-cloud"}, fidelity
+    for name, rep in fidelity.items():
+        assert "error" not in rep, rep
+        cfg_mean, ach = rep["configured"]["mean_ms"], rep["achieved"]
+        tol = 5 * ach["std_ms"] / math.sqrt(rep["n"]) + 3.0
+        assert abs(ach["mean_ms"] - cfg_mean) <= tol, (
+            f"{name}: configured mean RTT {cfg_mean:.1f} ms, achieved {ach['mean_ms']:.1f} ms "
+            f"(tolerance {tol:.1f} ms)")
+
+    prom = f"http://127.0.0.1:{ports['PROMETHEUS']}"
+    with httpx.Client(timeout=10, trust_env=False) as client:
+        # Prometheus totals equal the records
+        def by_policy(query: str) -> dict[str, float]:
+            return {r["metric"]["policy"]: float(r["value"][1])
+                    for r in prom_query(client, prom, query)}
+
+        for metric, column in (("edgebed_orchestrator_requests_total", None),
+                               ("edgebed_orchestrator_correct_total", "correct"),
+                               ("edgebed_orchestrator_deadline_met_total", "deadline_met")):
+            got = by_policy(f"sum by (policy) ({metric})")
+            want = {p: float(sum(1 for r in records if r["policy"] == p
+                                 and (column is None or r[column] in ("True", "true", "1"))))
+                    for p in policies}
+            assert got == want, f"{metric}: Prometheus {got} vs records {want}"
+        energy = by_policy("sum by (policy) (edgebed_orchestrator_energy_joules_total)")
+        for p in policies:
+            want_j = sum(float(r["energy_mj"]) for r in records if r["policy"] == p) / 1e3
+            assert energy[p] == pytest.approx(want_j, rel=1e-6, abs=1e-9), (p, energy, want_j)
+        attempts = sum(int(r["n_attempts"]) for r in records)
+        tier_total = sum(float(r["value"][1]) for r in prom_query(
+            client, prom, "sum(edgebed_requests_total)"))
+        assert tier_total == attempts, f"tiers counted {tier_total} requests, records {attempts}"
+
+        # every Grafana panel query returns data
+        start = dt.datetime.fromisoformat(info["started_utc"]).timestamp() - 60
+        end = time.time()
+        empty = []
+        for title, expr in panel_queries(info["stack"]["run"], "5s"):
+            series = prom_range(client, prom, expr, start, end, 2.0)
+            values = [float(v) for s in series for _, v in s["values"]]
+            if not any(math.isfinite(v) for v in values):
+                empty.append(f"{title}: {expr}")
+        assert not empty, "panels without data:\n" + "\n".join(empty)
