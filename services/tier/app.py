@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -47,4 +48,29 @@ def create_app(
     install_error_handlers(app)
     for router in (health.router, infer.router, generate.router, models.router, metrics.router):
         app.include_router(router)
+    _document_served_models(app, tier_config)
     return app
+
+
+def _document_served_models(app: FastAPI, cfg: TierConfig) -> None:
+    """Publish this tier's model names as enums in its OpenAPI (requests outside get 404)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        vision, lms = sorted(cfg.models), sorted(cfg.lm)
+        op = doc["paths"]["/v1/infer"]["post"]
+        for param in op.get("parameters", []):
+            if param["name"] == "model":
+                param["schema"] = {"type": "string", "enum": vision}
+        body = op["requestBody"]["content"]["application/json"]["schema"]
+        body["properties"]["model"]["enum"] = vision
+        gen = doc["components"]["schemas"].get("GenerateRequest")
+        if gen is not None:
+            gen["properties"]["model"]["enum"] = lms
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

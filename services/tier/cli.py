@@ -68,6 +68,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"edgebed serve: {exc}", file=sys.stderr)
         return 2
     prometheus_client.disable_created_metrics()  # *_created series: noise for dashboards
+    # A device-hold thread that wakes must get the GIL back quickly (default switch: 5 ms).
+    sys.setswitchinterval(0.0005)
     uvicorn.run(
         app,
         host=args.host,

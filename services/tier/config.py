@@ -136,6 +136,9 @@ class TierConfig(BaseSettings):
     lm: dict[str, LMConfig] = Field(default_factory=dict)
     jitter_seed: int = Field(0, ge=0)
     max_body_bytes: int = Field(262_144, ge=1024, le=64 * 2**20)
+    realtime_holds: bool = Field(
+        True, description="try SCHED_FIFO for the (sleeping) device-hold threads: sub-ms holds"
+    )
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):  # type: ignore[no-untyped-def,override]

@@ -8,6 +8,7 @@ Waiting is real: a coroutine parks on a future until a finishing request hands i
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 
@@ -84,13 +85,27 @@ class DeviceSlots:
 def hold_until(deadline_s: float) -> float:
     """Block this (worker) thread until ``time.perf_counter() >= deadline_s``; return the time.
 
-    ``time.sleep`` overshoots by tens of microseconds, far below the event loop's 1 ms timer
-    granularity, so the device hold runs on a worker thread, not as an ``asyncio.sleep``.
+    The event loop's timers have 1 ms granularity, so device holds run on worker threads.
+    ``time.sleep`` wakes within ~0.1 ms when the thread gets a CPU at once, which
+    :func:`try_realtime_thread` arranges on a busy host.
     """
     remaining = deadline_s - time.perf_counter()
     if remaining > 0:
         time.sleep(remaining)
-    now = time.perf_counter()
-    while now < deadline_s:  # sleep() can return a hair early on some clocks
-        now = time.perf_counter()
-    return now
+    return time.perf_counter()
+
+
+REALTIME_PRIORITY = 10
+
+
+def try_realtime_thread() -> bool:
+    """Give the calling thread SCHED_FIFO priority (it only sleeps, so it cannot hog a CPU).
+
+    On a loaded host a sleeping thread is otherwise woken milliseconds late, which would show
+    up as device-time error. Needs CAP_SYS_NICE (root); returns False when not permitted.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+    except (AttributeError, OSError):
+        return False
+    return True

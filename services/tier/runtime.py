@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from models.paths import models_dir as default_models_dir
 from models.runtime import LiteRTModel
 from services.tier import energy, lm
 from services.tier.config import TierConfig
-from services.tier.device import DeviceSlots, QueueFull, hold_until
+from services.tier.device import DeviceSlots, QueueFull, hold_until, try_realtime_thread
 from services.tier.errors import ApiError
 from services.tier.metrics import TierMetrics
 
@@ -56,6 +57,7 @@ class TierRuntime:
         self.model_info: dict[str, dict[str, Any]] = {}
         self.executor: ThreadPoolExecutor | None = None
         self.ready = False
+        self.realtime_holds = False
 
     # --- lifecycle ---
 
@@ -98,7 +100,12 @@ class TierRuntime:
                 "emulated": True,
             }
         # One thread per device slot: it sleeps through the emulated device time.
-        self.executor = ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="device")
+        init = try_realtime_thread if self.cfg.realtime_holds else None
+        self.executor = ThreadPoolExecutor(
+            self.cfg.concurrency, thread_name_prefix="device", initializer=init
+        )
+        if self.cfg.realtime_holds:  # whether the (first) thread got real-time priority
+            self.realtime_holds = self.executor.submit(_is_realtime).result()
         self.ready = True
         self.metrics.ready.labels(self.cfg.tier).set(1)
 
@@ -287,3 +294,10 @@ class TierRuntime:
         async with self.slot(model) as (_, queue_s, t_start):
             t_end = await self.hold(t_start + p.total_ms / 1000.0)
         return self.lm_result(model, p, words, request_id, queue_s, t_end - t_start, t_arrive)
+
+
+def _is_realtime() -> bool:
+    try:
+        return os.sched_getscheduler(0) == os.SCHED_FIFO
+    except (AttributeError, OSError):
+        return False

@@ -134,6 +134,7 @@ class ModelsResponse(BaseModel):
     memory_bytes: int
     energy_model: str
     energy_factor: float
+    realtime_holds: bool = Field(description="device-hold threads run with SCHED_FIFO priority")
     models: list[ModelInfo]
 
 
