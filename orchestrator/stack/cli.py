@@ -78,8 +78,10 @@ def _up(args: argparse.Namespace) -> int:
         print(f"prometheus     {state.prometheus_note}")
     targets = ",".join(f"{t}={u}" for t, u in state.target_urls.items())
     print(f"\nstack up (state {state.path()}). Run an experiment against it:")
-    print(f"  edgebed run --config {config} --targets {targets} "
-          f"--metrics-port {state.orchestrator_metrics_port}")
+    print(
+        f"  edgebed run --config {config} --targets {targets} "
+        f"--metrics-port {state.orchestrator_metrics_port}"
+    )
     extra = f" --state-dir {args.state_dir}" if args.state_dir else ""
     print(f"stop it with: edgebed down{extra}")
     return 0
@@ -127,6 +129,7 @@ def _demo(args: argparse.Namespace) -> int:
         scrape_interval_s=args.scrape_interval_s or 1.0,
         progress=not args.no_progress,
         plots=not args.no_plots,
+        fidelity_probes=args.fidelity_probes,
     )
 
 
@@ -159,4 +162,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     demo.add_argument("--out", type=Path, default=None, help="run directory (default runs/...)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    demo.add_argument(
+        "--fidelity-probes",
+        type=int,
+        default=100,
+        help="probes per link for the link-fidelity report before the run (0: skip)",
+    )
     demo.set_defaults(func=_demo)

@@ -34,6 +34,7 @@ def default_experiment_path() -> Path:
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt for the block, so cleanup code runs."""
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -67,9 +68,14 @@ def run_on_stack(
     progress: bool = True,
     plots: bool = True,
     wait_scrape: bool = True,
+    fidelity_probes: int = 0,
     log: Callable[[str], None] = print,
 ) -> tuple[Any, float | None]:
-    """Replay ``exp`` against a running stack; return (RunResult, final scrape time or None)."""
+    """Replay ``exp`` against a running stack; return (RunResult, final scrape time or None).
+
+    ``fidelity_probes`` > 0 first measures every link with that many probes (run.json
+    ``link_fidelity``).
+    """
     from orchestrator.experiment import config_from_experiment, run_experiment
     from orchestrator.metrics import OrchestratorMetrics
 
@@ -95,6 +101,17 @@ def run_on_stack(
         "link_backend": {"backend": state.link_backend, "reason": state.link_backend_reason},
         "links": {name: spec.describe() for name, spec in exp.links.items()},
     }
+    if fidelity_probes > 0 and state.link_backend == "proxy":
+        from netem.probe import format_table
+        from orchestrator.stack.fidelity import probe_stack_links
+
+        reports = probe_stack_links(exp, state, n=fidelity_probes)
+        run_info["link_fidelity"] = reports
+        if reports:
+            log(
+                f"link fidelity ({fidelity_probes} HTTP probes per link, direct baseline "
+                "subtracted):\n" + format_table(reports)
+            )
     scraped = None
     try:
         result = run_experiment(cfg, out_dir, run_info=run_info, plots=plots, metrics=metrics)
@@ -103,7 +120,9 @@ def run_on_stack(
             after = time.time()
             try:
                 scraped = manager.wait_for_scrape(
-                    state.prometheus_url, "edgebed-orchestrator", after,
+                    state.prometheus_url,
+                    "edgebed-orchestrator",
+                    after,
                     timeout_s=max(10.0, 4 * state.scrape_interval_s),
                 )
             except TimeoutError as exc:
@@ -123,6 +142,7 @@ def demo(
     scrape_interval_s: float = 1.0,
     progress: bool = True,
     plots: bool = True,
+    fidelity_probes: int = 100,
     log: Callable[[str], None] = print,
 ) -> int:
     """Up, run every policy of ``config``, print the summary and where outputs are, down."""
@@ -140,15 +160,27 @@ def demo(
         try:
             log(f"edgebed demo: experiment {exp.name!r} from {config}")
             state = manager.up(
-                exp, state_dir, experiment_path=str(config), prometheus=prometheus,
-                scrape_interval_s=scrape_interval_s, log=log,
+                exp,
+                state_dir,
+                experiment_path=str(config),
+                prometheus=prometheus,
+                scrape_interval_s=scrape_interval_s,
+                log=log,
             )
             if state.prometheus_url is None:
                 log(f"prometheus     {state.prometheus_note}")
             t_up = time.monotonic() - t0
             log(f"stack up in {t_up:.1f} s; replaying {len(exp.policies)} policies")
-            result, _ = run_on_stack(exp, state, out_dir, n=n, progress=progress, plots=plots,
-                                     log=log)
+            result, _ = run_on_stack(
+                exp,
+                state,
+                out_dir,
+                n=n,
+                progress=progress,
+                plots=plots,
+                fidelity_probes=fidelity_probes,
+                log=log,
+            )
             print()
             print(format_summary(result.summary))
             print()

@@ -57,7 +57,11 @@ class LinkPlan:
         """The ``netem.proxy --config`` file: links with listen/target, seed, control."""
         return {
             "links": {
-                pl.name: pl.spec.model_dump(mode="json", exclude_none=True) for pl in self.links
+                # up/down carry the full law; rtt_range_ms is only its shorthand
+                pl.name: pl.spec.model_dump(
+                    mode="json", exclude_none=True, exclude={"rtt_range_ms"}
+                )
+                for pl in self.links
             },
             "seed": seed,
             "control": self.control,

@@ -13,7 +13,7 @@ import contextlib
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from orchestrator.stack import links as stack_links
@@ -94,19 +94,39 @@ def up(
         scrape_interval_s=scrape_interval_s,
     )
     logs = state_dir / "logs"
+    t0 = time.monotonic()
     try:
-        _start_tiers(exp, state, logs, python, ready_timeout_s, log)
+        # Every port is chosen up front, so tiers, the link proxy and Prometheus start together
+        # (Python start-up dominates on a small machine); then each is gated on readiness.
+        tiers = _spawn_tiers(exp, state, logs, python)
         backend = link_backend or exp.link_backend
-        _start_links(exp, state, logs, python, backend, ready_timeout_s, log)
+        plan = _spawn_links(exp, state, logs, python, backend)
         state.orchestrator_metrics_port = free_port()
         state.save()
+        prom_rec = None
         if binary is not None:
-            _start_prometheus(state, binary, logs, ready_timeout_s, log)
+            prom_rec = _spawn_prometheus(state, binary, logs)
         elif prometheus == "off":
             state.prometheus_note = "not started (--prometheus off)"
         else:
             state.prometheus_note = "not started: no `prometheus` binary on PATH"
         state.save()
+        for rec in tiers:
+            waited = wait_ready(rec, ready_timeout_s)
+            log(f"{rec.name:<14} ready at {rec.url} (pid {rec.pid}, {waited:.1f} s)")
+        for rec in state.processes:
+            if rec.kind == "link":
+                waited = wait_ready(rec, ready_timeout_s)
+                log(f"{rec.name:<14} ready at {rec.url} (pid {rec.pid}, {waited:.1f} s)")
+        log(f"link backend   {plan.backend}: {plan.reason}")
+        for link in plan.links:
+            log(f"  {link.name:<14} {link.describe()}, listening at {link.listen_url}")
+        if prom_rec is not None:
+            waited = wait_ready(prom_rec, ready_timeout_s)
+            state.prometheus_url = prom_rec.url
+            log(f"{'prometheus':<14} ready at {prom_rec.url} (pid {prom_rec.pid}, {waited:.1f} s)")
+        state.save()
+        log(f"stack ready in {time.monotonic() - t0:.1f} s")
     except BaseException:
         log("start-up failed; stopping what was started")
         _stop_all(state, log)
@@ -120,9 +140,9 @@ def _register(state: StackState, rec: ProcessRecord) -> None:
     state.save()
 
 
-def _start_tiers(
-    exp: Experiment, state: StackState, logs: Path, python: str, timeout_s: float, log: Log
-) -> None:
+def _spawn_tiers(
+    exp: Experiment, state: StackState, logs: Path, python: str
+) -> list[ProcessRecord]:
     config_dir = Path(state.state_dir) / "tiers"
     started: list[ProcessRecord] = []
     for name in exp.tiers:
@@ -130,26 +150,18 @@ def _start_tiers(
         config_path = stack_tiers.write_tier_config(exp, name, config_dir)
         argv = stack_tiers.tier_argv(python, name, config_path, port)
         url = f"http://{LOOPBACK}:{port}"
-        rec = spawn(f"tier-{name}", "tier", argv, logs / f"tier-{name}.log", url=url,
-                    ready_path="/readyz")
+        rec = spawn(
+            f"tier-{name}", "tier", argv, logs / f"tier-{name}.log", url=url, ready_path="/readyz"
+        )
         _register(state, rec)
         state.tier_urls[name] = url
         started.append(rec)
-    state.save()
-    for rec in started:  # they load in parallel; wait for each
-        waited = wait_ready(rec, timeout_s)
-        log(f"{rec.name:<14} ready at {rec.url} (pid {rec.pid}, {waited:.1f} s)")
+    return started
 
 
-def _start_links(
-    exp: Experiment,
-    state: StackState,
-    logs: Path,
-    python: str,
-    backend: str,
-    timeout_s: float,
-    log: Log,
-) -> None:
+def _spawn_links(
+    exp: Experiment, state: StackState, logs: Path, python: str, backend: str
+) -> stack_links.LinkPlan:
     ports = [free_port() for _ in range(len(exp.links) + 1)]
     plan = stack_links.plan_links(exp, state.tier_urls, backend, ports)
     state.link_backend = plan.backend
@@ -159,22 +171,31 @@ def _start_links(
         config = stack_links.write_topology(
             plan, exp.seeds.links, Path(state.state_dir) / "links.yaml"
         )
-        rec = spawn("links", "link", stack_links.proxy_argv(python, config),
-                    logs / "links.log", url=plan.control_url, ready_path="/healthz")
+        rec = spawn(
+            "links",
+            "link",
+            stack_links.proxy_argv(python, config),
+            logs / "links.log",
+            url=plan.control_url,
+            ready_path="/healthz",
+        )
         _register(state, rec)
         assert plan.control_url is not None
         state.link_control_urls["links"] = plan.control_url
-        state.save()
-        waited = wait_ready(rec, timeout_s)
-        log(f"{'links':<14} ready at {plan.control_url} (pid {rec.pid}, {waited:.1f} s)")
-    log(f"link backend   {plan.backend}: {plan.reason}")
-    for link in plan.links:
-        log(f"  {link.name:<14} {link.describe()}, listening at {link.listen_url}")
-    state.save()
+    return plan
+
+
+def scrape_instances(state: StackState, job: str) -> list[str]:
+    """``host:port`` of each target of ``job`` in this stack's Prometheus config."""
+    for j in prometheus_jobs(state):
+        if j.job_name == job:
+            return [t.address for t in j.targets]
+    return []
 
 
 def prometheus_jobs(state: StackState) -> list[prom.ScrapeJob]:
     """What the stack's Prometheus scrapes: tiers, link proxies, the orchestrator's metrics."""
+
     def addr(url: str) -> str:
         return url.split("://", 1)[-1].rstrip("/")
 
@@ -201,9 +222,7 @@ def prometheus_jobs(state: StackState) -> list[prom.ScrapeJob]:
     return jobs
 
 
-def _start_prometheus(
-    state: StackState, binary: str, logs: Path, timeout_s: float, log: Log
-) -> None:
+def _spawn_prometheus(state: StackState, binary: str, logs: Path) -> ProcessRecord:
     pdir = Path(state.state_dir) / "prometheus"
     pdir.mkdir(parents=True, exist_ok=True)
     config_path = pdir / "prometheus.yml"
@@ -213,13 +232,12 @@ def _start_prometheus(
     port = free_port()
     argv = prom.build_argv(binary, config_path, pdir / "data", f"{LOOPBACK}:{port}")
     url = f"http://{LOOPBACK}:{port}"
-    rec = spawn("prometheus", "prometheus", argv, logs / "prometheus.log", url=url,
-                ready_path="/-/ready")
+    rec = spawn(
+        "prometheus", "prometheus", argv, logs / "prometheus.log", url=url, ready_path="/-/ready"
+    )
     _register(state, rec)
-    waited = wait_ready(rec, timeout_s)
-    state.prometheus_url = url
     state.prometheus_note = f"config {config_path}"
-    log(f"{'prometheus':<14} ready at {url} (pid {rec.pid}, {waited:.1f} s)")
+    return rec
 
 
 def _stop_all(state: StackState, log: Log) -> list[tuple[str, str]]:
@@ -261,30 +279,54 @@ def status(state_dir: Path) -> tuple[StackState | None, list[dict]]:
             if alive and rec.url and rec.ready_path:
                 with contextlib.suppress(httpx.HTTPError):
                     ready = client.get(rec.url.rstrip("/") + rec.ready_path).status_code == 200
-            rows.append({"name": rec.name, "pid": rec.pid, "alive": alive, "ready": ready,
-                         "url": rec.url, "log": rec.log_path})
+            rows.append(
+                {
+                    "name": rec.name,
+                    "pid": rec.pid,
+                    "alive": alive,
+                    "ready": ready,
+                    "url": rec.url,
+                    "log": rec.log_path,
+                }
+            )
     return state, rows
 
 
 def wait_for_scrape(
-    prometheus_url: str, job: str, after_unix: float, timeout_s: float = 30.0
+    prometheus_url: str,
+    job: str,
+    after_unix: float,
+    timeout_s: float = 30.0,
+    instances: Sequence[str] | None = None,
 ) -> float:
-    """Block until Prometheus has a sample of ``up{job=...}`` newer than ``after_unix``.
+    """Block until Prometheus holds a successful scrape of ``job`` that started after ``after_unix``.
 
-    Returns the scrape timestamp. Used to make sure final counter values were collected.
+    Returns that scrape's timestamp (the oldest over ``instances``, host:port, when given; the
+    data dir outlives a stack, so older instances of a job may still be in the lookback window).
+    Used to make sure the final counter values were collected. ``timestamp()`` is applied to
+    the bare selector (on an expression it would return the evaluation time).
     """
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    query = f'max(timestamp(up{{job="{job}"}} == 1))'
+    query = f'timestamp(up{{job="{job}"}})'
     last = None
     with httpx.Client(timeout=5.0, trust_env=False) as client:
         while time.monotonic() < deadline:
-            r = client.get(f"{prometheus_url}/api/v1/query", params={"query": query})
-            result = r.json().get("data", {}).get("result", [])
-            if result:
-                last = float(result[0]["value"][1])
+            stamps = client.get(f"{prometheus_url}/api/v1/query", params={"query": query})
+            ups = client.get(
+                f"{prometheus_url}/api/v1/query", params={"query": f'up{{job="{job}"}}'}
+            )
+            def mine(series: list[dict]) -> list[dict]:
+                if instances is None:
+                    return series
+                return [s for s in series if s["metric"].get("instance") in instances]
+
+            ts = [float(s["value"][1]) for s in mine(stamps.json()["data"]["result"])]
+            ok = [s["value"][1] == "1" for s in mine(ups.json()["data"]["result"])]
+            if ts and ok and all(ok):
+                last = min(ts)
                 if last > after_unix:
                     return last
-            time.sleep(0.2)
+            time.sleep(0.1)
     raise TimeoutError(f"Prometheus did not scrape job {job} after {after_unix} (last {last})")

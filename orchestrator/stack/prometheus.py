@@ -82,7 +82,7 @@ def find_binary(explicit: str | None = None) -> str | None:
 
 
 def build_argv(
-    binary: str, config_path: Path, data_dir: Path, listen_address: str, retention: str = "1d"
+    binary: str, config_path: Path, data_dir: Path, listen_address: str, retention: str = "7d"
 ) -> list[str]:
     """Command line of a Prometheus server with its own data dir, on ``listen_address``."""
     return [

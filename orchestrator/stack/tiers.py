@@ -27,9 +27,16 @@ def write_tier_config(exp: Experiment, name: str, config_dir: Path) -> Path:
 def tier_argv(python: str, name: str, config_path: Path, port: int) -> list[str]:
     """``edgebed serve`` for one tier on loopback (pure: no side effects)."""
     return [
-        python, "-m", "orchestrator.cli", "serve",
-        "--tier", name,
-        "--config", str(config_path),
-        "--host", LOOPBACK,
-        "--port", str(port),
+        python,
+        "-m",
+        "orchestrator.cli",
+        "serve",
+        "--tier",
+        name,
+        "--config",
+        str(config_path),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
     ]

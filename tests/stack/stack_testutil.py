@@ -1,0 +1,69 @@
+"""Process helpers for the stack tests: descendants of a PID, processes naming a state dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = REPO / "experiments" / "seed.yaml"
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Live (non-zombie) descendants of ``root``: pid -> command line."""
+    children: dict[int, list[int]] = {}
+    cmd: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        rest = raw[raw.rindex(")") + 2 :].split()
+        if rest[0] in ("Z", "X"):
+            continue
+        pid, ppid = int(entry.name), int(rest[1])
+        children.setdefault(ppid, []).append(pid)
+        cmd[pid] = cmdline.strip()
+    out: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out[child] = cmd.get(child, "")
+            todo.append(child)
+    return out
+
+
+def processes_mentioning(text: str) -> dict[int, str]:
+    """Every live process but this one whose command line contains ``text`` (a state dir)."""
+    return {p: c for p, c in descendants(1).items() if text in c and p != os.getpid()}
+
+
+def models_available() -> bool:
+    from models.paths import models_dir
+
+    return all((models_dir() / f"{m}.tflite").exists() for m in ("tinycnn", "int8", "fp32"))
+
+
+def require_models() -> None:
+    if not models_available():
+        pytest.skip("tier models (models/*.tflite) are not built yet")
+
+
+def quick_experiment(tmp_path: Path, n: int = 24) -> Path:
+    """The seed experiment with fast LM stubs (the simulator's SLM takes 12 s on the MCU)."""
+    doc = yaml.safe_load(SEED.read_text())
+    doc["name"] = "quick"
+    doc["workload"]["n"] = n
+    doc["workload"]["lm_ratio"] = 0.25
+    doc["tiers"]["mcu"]["lm"] = {"slm": {"ttft_ms": 40, "tpot_ms": 0.5}}
+    doc["tiers"]["edge"]["lm"] = {"slm": {"ttft_ms": 25, "tpot_ms": 0.3}}
+    doc["tiers"]["cloud"]["lm"] = {"llm": {"ttft_ms": 15, "tpot_ms": 0.2}}
+    path = tmp_path / "quick.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path

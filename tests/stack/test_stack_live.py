@@ -1,0 +1,169 @@
+"""The local stack for real: tier processes on loopback, link proxy, Prometheus, up/down/demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from stack_testutil import SEED, processes_mentioning, quick_experiment
+
+from orchestrator.stack import manager
+from orchestrator.stack.procs import StartError, is_running
+from orchestrator.stack.schema import load_experiment
+from orchestrator.stack.state import load_state
+
+REPO = Path(__file__).resolve().parents[2]
+EDGEBED = [sys.executable, "-m", "orchestrator.cli"]
+
+pytestmark = pytest.mark.slow
+
+
+def assert_nothing_running(state_dir: Path) -> None:
+    left = processes_mentioning(str(state_dir))
+    assert not left, f"processes still running for {state_dir}: {left}"
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path):
+    d = tmp_path / "state"
+    yield d
+    # whatever a test did, leave nothing behind (and fail loudly if something was)
+    left = processes_mentioning(str(d))
+    if left:
+        manager.down(d)
+    assert not left, f"test left processes running: {left}"
+
+
+def test_up_status_down(tmp_path: Path, state_dir: Path) -> None:
+    exp = load_experiment(quick_experiment(tmp_path))
+    state = manager.up(exp, state_dir, prometheus="off")
+    try:
+        assert set(state.tier_urls) == {"mcu", "edge", "cloud"}
+        assert state.link_backend == "proxy"
+        saved = load_state(state_dir)
+        assert saved is not None and [p.pid for p in saved.processes] == [
+            p.pid for p in state.processes
+        ]
+        assert {p.name for p in state.processes} == {"tier-mcu", "tier-edge", "tier-cloud", "links"}
+        _, rows = manager.status(state_dir)
+        assert all(r["alive"] and r["ready"] for r in rows), rows
+        with httpx.Client(timeout=5, trust_env=False) as client:
+            for tier in ("mcu", "edge", "cloud"):
+                direct, via_link = state.tier_urls[tier], state.target_urls[tier]
+                assert direct != via_link, "the device must reach each tier through its link"
+                r = client.get(f"{via_link}/v1/models")
+                assert r.status_code == 200, r.text
+                assert r.json()  # served models listed
+            # the link to the cloud adds its configured RTT (uniform 30..120 ms)
+            t0 = time.perf_counter()
+            client.get(f"{state.target_urls['cloud']}/healthz")
+            rtt_ms = (time.perf_counter() - t0) * 1e3
+            assert 30 <= rtt_ms <= 120 + 60, f"configured 30..120 ms, measured {rtt_ms:.1f} ms"
+        with pytest.raises(manager.StackError, match="already running"):
+            manager.up(exp, state_dir, prometheus="off")
+    finally:
+        outcomes = dict(manager.down(state_dir))
+    assert set(outcomes.values()) == {"stopped"}, outcomes
+    assert load_state(state_dir) is None
+    assert_nothing_running(state_dir)
+
+
+def test_down_after_a_tier_crashed_stops_the_rest(tmp_path: Path, state_dir: Path) -> None:
+    exp = load_experiment(quick_experiment(tmp_path))
+    state = manager.up(exp, state_dir, prometheus="off")
+    edge = next(p for p in state.processes if p.name == "tier-edge")
+    os.kill(edge.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while is_running(edge) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not is_running(edge)
+    # `edgebed down` from another process, as a user would
+    out = subprocess.run(
+        [*EDGEBED, "down", "--state-dir", str(state_dir)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "tier-edge" in out.stdout and "not running" in out.stdout, out.stdout
+    for name in ("tier-mcu", "tier-cloud", "links"):
+        assert f"{name}" in out.stdout
+    for rec in state.processes:
+        assert not is_running(rec), f"{rec.name} (pid {rec.pid}) still running"
+    assert_nothing_running(state_dir)
+    assert load_state(state_dir) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda d: d["policies"].append("always_clod"), "policies[6].name"),
+        (
+            lambda d: d["links"].__setitem__(
+                "device-edge", {"src": "device", "dst": "edge", "delay_ms": -5}
+            ),
+            "links.device-edge.delay_ms",
+        ),
+        (lambda d: d["tiers"].pop("cloud"), "links.device-cloud.dst"),
+    ],
+    ids=["unknown-policy", "negative-delay", "missing-tier"],
+)
+def test_bad_experiment_fails_fast_and_starts_nothing(
+    tmp_path: Path, state_dir: Path, change, key: str
+) -> None:
+    doc = yaml.safe_load(SEED.read_text())
+    change(doc)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [*EDGEBED, "up", "--config", str(bad), "--state-dir", str(state_dir)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    took = time.monotonic() - t0
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    assert key in out.stderr, out.stderr
+    assert load_state(state_dir) is None
+    assert not (state_dir / "logs").exists(), "nothing may have been started"
+    assert_nothing_running(state_dir)
+    assert took < 30, f"validation took {took:.1f} s"
+
+
+def test_failed_start_stops_what_was_started(tmp_path: Path, state_dir: Path) -> None:
+    exp = load_experiment(quick_experiment(tmp_path))
+    with pytest.raises(StartError, match="not ready after"):
+        manager.up(exp, state_dir, prometheus="off", ready_timeout_s=0.05)
+    assert load_state(state_dir) is None
+    assert (state_dir / "logs").exists(), "processes were started before the failure"
+    assert_nothing_running(state_dir)
+
+
+def test_poisson_arrivals_make_the_mcu_queue(state_dir: Path) -> None:
+    """The second example: open-loop arrivals build a real queue at the single-slot MCU."""
+    from orchestrator.stack.demo import run_on_stack
+
+    exp = load_experiment(REPO / "experiments" / "poisson-queueing.yaml")
+    state = manager.up(exp, state_dir, prometheus="off")
+    try:
+        result, _ = run_on_stack(
+            exp, state, state_dir / "run", n=120, policies=["always_local", "always_cloud"],
+            progress=False, plots=False, log=lambda _: None,
+        )
+    finally:
+        manager.down(state_dir)
+    rec = result.records
+    local = rec[rec.policy == "always_local"]
+    cloud = rec[rec.policy == "always_cloud"]
+    assert len(local) == len(cloud) == 120
+    local_ok = local[local.outcome == "ok"]
+    mean_queue = local_ok.queue_ms.mean()
+    outcomes = local.outcome.value_counts().to_dict()
+    print(f"always_local: mean queue {mean_queue:.1f} ms, outcomes {outcomes}")
+    # M/D/1 at utilisation 0.8 expects 40 ms mean wait; require clearly non-zero queueing
+    assert mean_queue > 10, f"mean MCU queue {mean_queue:.1f} ms: no queueing"
+    assert cloud[cloud.outcome == "ok"].queue_ms.mean() < mean_queue / 2
