@@ -34,6 +34,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,12 +47,13 @@ QEMU_BINARY = "qemu-system-x86_64"
 # The host CPU minus IA32_ARCH_CAPABILITIES: under nested KVM (Firecracker-style hosts) qemu
 # aborts with "failed to set MSR 0x10a" when that MSR is passed through.
 DEFAULT_CPU_MODEL = "host,-arch-capabilities"
+ACCELS = ("auto", "kvm", "tcg")
 GUEST_IO_DIR = "/mnt/edgebed"
 GUEST_OUT_DIR = GUEST_IO_DIR + "/out"
 # Modules the initramfs loads itself (with their dependencies) to reach the 9p root.
 BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz")
-_INIT_VERSION = "2"  # bump when the /init script changes so cached initramfs images rebuild
+_INIT_VERSION = "3"  # bump when the /init script changes so cached initramfs images rebuild
 
 
 class GuestError(RuntimeError):
@@ -65,6 +67,11 @@ class GuestKernel:
     version: str
     vmlinuz: Path
     modules_dir: Path  # .../lib/modules/<version>
+
+    @property
+    def modules_root(self) -> Path:
+        """The tree holding ``lib/modules/<version>`` (``/`` for an installed kernel)."""
+        return self.modules_dir.resolve().parents[2]
 
     def module_path(self, name: str) -> Path | None:
         """The file of module ``name`` (``-`` and ``_`` are interchangeable), if built."""
@@ -88,6 +95,9 @@ class GuestResult:
     boot_s: float | None  # guest uptime when the command started
     wall_s: float  # host wall time from qemu start to qemu exit
     qemu_returncode: int | None
+    accel: str = "kvm"
+    accel_reason: str = ""
+    kernel_version: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -98,17 +108,41 @@ class GuestResult:
 # ---------------------------------------------------------------- capability and discovery
 
 
-def kvm_unavailable_reason() -> str | None:
-    """Why a KVM guest cannot run here (no /dev/kvm, no qemu), or None when it can."""
-    if not os.path.exists("/dev/kvm"):
-        return "no /dev/kvm (KVM not available on this machine)"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "/dev/kvm is not readable and writable by this user"
+def guest_unavailable_reason() -> str | None:
+    """Why no guest can run here at all (no qemu, no static busybox), or None when one can."""
     if shutil.which(QEMU_BINARY) is None:
         return f"{QEMU_BINARY} not found (apt-get install qemu-system-x86)"
     if find_static_busybox() is None:
         return "no statically linked busybox (apt-get install busybox-static)"
     return None
+
+
+def kvm_unavailable_reason() -> str | None:
+    """Why hardware-assisted KVM cannot boot a stock kernel here, or None when it can."""
+    if not os.path.exists("/dev/kvm"):
+        return "no /dev/kvm (KVM not available on this machine)"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is not readable and writable by this user"
+    if Path("/sys/module/kvm_pvm").is_dir():
+        return (
+            "/dev/kvm is served by kvm_pvm (PVM, a software hypervisor for nested guests): "
+            "it runs only PVM-enabled guest kernels at speed; a stock kernel's firmware, "
+            "decompressor and supervisor code are emulated one instruction at a time "
+            "(measured ~0.27 M instructions/s: no kernel message after 120 s)"
+        )
+    return None
+
+
+def choose_accel(requested: str = "auto") -> tuple[str, str]:
+    """Pick ``kvm`` or ``tcg`` (qemu's software CPU) and say why; ``requested`` may force one."""
+    if requested not in ACCELS:
+        raise ValueError(f"accel must be one of {', '.join(ACCELS)}, got {requested!r}")
+    if requested != "auto":
+        return requested, "requested explicitly"
+    why_not_kvm = kvm_unavailable_reason()
+    if why_not_kvm is None:
+        return "kvm", "/dev/kvm usable"
+    return "tcg", f"{why_not_kvm}; using qemu TCG (software CPU, same guest kernel)"
 
 
 def _kernel_from_vmlinuz(vmlinuz: Path, modules_roots: Iterable[Path]) -> GuestKernel | None:
@@ -283,9 +317,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "EDGEBED-GUEST-INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
 {loads}
-MODDIR=""
+MODROOT=/
 for arg in $(cat /proc/cmdline); do
-  case "$arg" in edgebed.modules=*) MODDIR="${{arg#edgebed.modules=}}";; esac
+  case "$arg" in edgebed.modroot=*) MODROOT="${{arg#edgebed.modroot=}}";; esac
 done
 NR=/newroot
 mkdir -p $NR
@@ -294,16 +328,20 @@ mount -t 9p -o $OPTS,ro,cache=loose hostroot $NR || fail "mount 9p hostroot"
 mount -t proc proc $NR/proc || fail "mount proc"
 mount -t sysfs sysfs $NR/sys || fail "mount sysfs"
 mount -t devtmpfs devtmpfs $NR/dev || fail "mount devtmpfs"
+mkdir -p $NR/dev/pts $NR/dev/shm
 mount -t devpts devpts $NR/dev/pts
 mount -t tmpfs tmpfs $NR/dev/shm
 for d in tmp run var/tmp mnt; do mount -t tmpfs -o mode=1777 tmpfs $NR/$d || fail "tmpfs $d"; done
-mkdir -p $NR{GUEST_IO_DIR}
+mkdir -p $NR{GUEST_IO_DIR} $NR/run/edgebed/bin
 mount -t 9p -o $OPTS edgebedio $NR{GUEST_IO_DIR} || fail "mount 9p edgebedio"
-KVER=$(uname -r)
-if [ -n "$MODDIR" ] && [ "$MODDIR" != "/lib/modules/$KVER" ]; then
-  mount -t tmpfs tmpfs $NR/usr/lib/modules || fail "tmpfs modules"
-  mkdir -p $NR/usr/lib/modules/$KVER
-  mount -o bind $NR$MODDIR $NR/usr/lib/modules/$KVER || fail "bind modules"
+if [ "$MODROOT" != "/" ]; then
+  # The kernel's modules live outside /lib/modules on the read-only host root: point modprobe
+  # there, for commands (PATH wrapper) and for the kernel's on-demand loading (PID 1's root is
+  # this initramfs, hence the chroot).
+  printf '#!/bin/sh\nexec /sbin/modprobe -d %s "$@"\n' "$MODROOT" > $NR/run/edgebed/bin/modprobe
+  printf '#!/bin/sh\nexec chroot %s /sbin/modprobe -d %s "$@"\n' $NR "$MODROOT" > /edgebed-modprobe
+  chmod 755 $NR/run/edgebed/bin/modprobe /edgebed-modprobe
+  echo /edgebed-modprobe > /proc/sys/kernel/modprobe
 fi
 mount -t cgroup2 none $NR/sys/fs/cgroup 2>/dev/null
 echo "EDGEBED-GUEST-RUN uptime=$(cut -d' ' -f1 /proc/uptime)"
@@ -377,7 +415,7 @@ def kernel_cmdline(kernel: GuestKernel) -> str:
     """Kernel command line: serial console, quiet, power off on panic, where the modules are."""
     return (
         "console=ttyS0 quiet loglevel=3 panic=-1 "
-        f"edgebed.modules={kernel.modules_dir.resolve()}"
+        f"edgebed.modroot={kernel.modules_root}"
     )
 
 
@@ -388,7 +426,8 @@ def qemu_argv(
     *,
     memory_mb: int = 1024,
     cpus: int = 1,
-    cpu_model: str = DEFAULT_CPU_MODEL,
+    accel: str = "kvm",
+    cpu_model: str | None = None,
     qemu: str = QEMU_BINARY,
 ) -> list[str]:
     """The ``qemu-system-x86_64`` argument list booting ``kernel`` with the host root over 9p."""
@@ -396,10 +435,15 @@ def qemu_argv(
         raise ValueError(f"memory_mb must be at least 256, got {memory_mb}")
     if cpus < 1:
         raise ValueError(f"cpus must be at least 1, got {cpus}")
+    if accel == "kvm":
+        machine = ["-accel", "kvm", "-cpu", cpu_model or DEFAULT_CPU_MODEL]
+    elif accel == "tcg":
+        machine = ["-accel", "tcg", "-cpu", cpu_model or "max"]
+    else:
+        raise ValueError(f"accel must be kvm or tcg, got {accel!r}")
     return [
         qemu,
-        "-enable-kvm",
-        "-cpu", cpu_model,
+        *machine,
         "-m", str(memory_mb),
         "-smp", str(cpus),
         "-nodefaults",
@@ -422,7 +466,7 @@ def guest_script(
 ) -> str:
     """The ``run.sh`` the guest executes: environment, working directory, command, exit code."""
     base_env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PATH": "/run/edgebed/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/tmp",
         "PYTHONDONTWRITEBYTECODE": "1",
         "EDGEBED_GUEST": "1",
@@ -452,6 +496,7 @@ def run_in_guest(
     cwd: Path = REPO_ROOT,
     env: Mapping[str, str] | None = None,
     io_dir: Path | None = None,
+    accel: str = "auto",
     timeout_s: float = 600.0,
     memory_mb: int = 1024,
     cpus: int = 1,
@@ -461,11 +506,14 @@ def run_in_guest(
     """Boot a guest, run ``argv`` (an argument list, no shell) in ``cwd`` and power off.
 
     The command sees the host's files read-only and writes results to ``$EDGEBED_GUEST_OUT``
-    (``io_dir/out`` on the host). ``echo`` streams the guest console to stderr.
+    (``io_dir/out`` on the host). ``accel`` is ``auto`` (KVM when it can boot a stock kernel,
+    else TCG), ``kvm`` or ``tcg``. ``echo`` streams the guest console to stderr. qemu is killed
+    after ``timeout_s`` (GuestError).
     """
-    reason = kvm_unavailable_reason()
+    reason = guest_unavailable_reason()
     if reason:
         raise GuestError(reason)
+    accel_used, accel_reason = choose_accel(accel)
     kernel = kernel or find_kernel(cache_dir)
     if kernel is None:
         raise GuestError(
@@ -481,48 +529,58 @@ def run_in_guest(
     for stale in ("rc", "output.log"):
         (io_dir / stale).unlink(missing_ok=True)
     (io_dir / "run.sh").write_text(guest_script(argv, cwd=cwd, env=env))
-    cmd = qemu_argv(kernel, initramfs, io_dir, memory_mb=memory_mb, cpus=cpus)
+    cmd = qemu_argv(
+        kernel, initramfs, io_dir, memory_mb=memory_mb, cpus=cpus, accel=accel_used
+    )
     boot_started = time.monotonic()
     lines: list[str] = []
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
+    watchdog = threading.Timer(timeout_s, proc.kill)
+    watchdog.start()
     try:
         assert proc.stdout is not None
-        deadline = boot_started + timeout_s
         for raw in proc.stdout:
             line = raw.decode(errors="replace").replace("\r", "")
             lines.append(line)
             if echo:
                 sys.stderr.write(line)
-            if time.monotonic() > deadline:
-                raise GuestError(f"guest timed out after {timeout_s:.0f} s")
-        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except (subprocess.TimeoutExpired, GuestError):
-        proc.kill()
+                sys.stderr.flush()
         proc.wait()
-        raise GuestError(
-            f"guest timed out after {timeout_s:.0f} s; console tail:\n" + "".join(lines[-40:])
-        ) from None
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     wall_s = time.monotonic() - boot_started
     console = "".join(lines)
+    if wall_s >= timeout_s:
+        raise GuestError(
+            f"guest ({accel_used}) killed after {timeout_s:.0f} s; console tail:\n"
+            + "".join(lines[-40:])
+        )
     uptimes = {m.group(1): float(m.group(2)) for m in _UPTIME.finditer(console)}
     rc_file = io_dir / "rc"
     out_file = io_dir / "output.log"
+    rc_text = rc_file.read_text().strip() if rc_file.is_file() else ""
     return GuestResult(
-        returncode=int(rc_file.read_text()) if rc_file.is_file() else None,
+        returncode=int(rc_text) if rc_text.lstrip("-").isdigit() else None,
         output=out_file.read_text(errors="replace") if out_file.is_file() else "",
         console=console,
         io_dir=io_dir,
         boot_s=uptimes.get("CMD"),
         wall_s=wall_s,
         qemu_returncode=proc.returncode,
-        timings={"initramfs_s": initramfs_s, **{f"uptime_{k.lower()}_s": v for k, v in
-                                                  uptimes.items()}},
+        accel=accel_used,
+        accel_reason=accel_reason,
+        kernel_version=kernel.version,
+        timings={
+            "initramfs_s": initramfs_s,
+            **{f"uptime_{k.lower()}_s": v for k, v in uptimes.items()},
+        },
     )
 
 
@@ -535,8 +593,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("fetch-kernel", help="download + unpack Debian's stock kernel into the cache")
-    sub.add_parser("check", help="say whether a guest can run here and which kernel it uses")
+    check = sub.add_parser("check", help="say whether a guest can run here, how, which kernel")
+    check.add_argument("--accel", choices=ACCELS, default="auto")
     run = sub.add_parser("run", help="run a command in a guest: run -- CMD ARGS...")
+    run.add_argument("--accel", choices=ACCELS, default="auto")
     run.add_argument("--timeout-s", type=float, default=600.0)
     run.add_argument("--memory-mb", type=int, default=1024)
     run.add_argument("--echo", action="store_true", help="stream the guest console")
@@ -548,21 +608,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kernel {kernel.version}: {kernel.vmlinuz} ({time.monotonic() - started:.1f} s)")
         return 0
     if args.action == "check":
-        reason = kvm_unavailable_reason()
+        reason = guest_unavailable_reason()
         kernel = find_kernel()
-        print(f"kvm: {reason or 'ok'}")
+        accel, why = choose_accel(args.accel)
+        print(f"guest: {reason or 'ok'}")
+        print(f"accel: {accel} ({why})")
         print(f"kernel: {kernel.vmlinuz if kernel else 'none with sch_netem found'}")
         return 0 if reason is None and kernel is not None else 1
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("run needs a command after --")
     result = run_in_guest(
-        command, timeout_s=args.timeout_s, memory_mb=args.memory_mb, echo=args.echo
+        command, accel=args.accel, timeout_s=args.timeout_s, memory_mb=args.memory_mb,
+        echo=args.echo,
     )
     if not args.echo:
         sys.stdout.write(result.output)
     print(
-        f"[guest rc={result.returncode} boot_s={result.boot_s} wall_s={result.wall_s:.1f} "
+        f"[guest {result.accel} rc={result.returncode} boot_s={result.boot_s} "
+        f"wall_s={result.wall_s:.1f} "
         f"io_dir={result.io_dir}]",
         file=sys.stderr,
     )
