@@ -136,6 +136,9 @@ class TierConfig(BaseSettings):
     lm: dict[str, LMConfig] = Field(default_factory=dict)
     jitter_seed: int = Field(0, ge=0)
     max_body_bytes: int = Field(262_144, ge=1024, le=64 * 2**20)
+    offload_compute: bool = Field(
+        False, description="run LiteRT on a worker thread instead of the event loop (see bench)"
+    )
     realtime_holds: bool = Field(
         True, description="try SCHED_FIFO for the (sleeping) device-hold threads: sub-ms holds"
     )

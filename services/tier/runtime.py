@@ -56,6 +56,7 @@ class TierRuntime:
         self.instances: list[dict[str, LiteRTModel]] = []
         self.model_info: dict[str, dict[str, Any]] = {}
         self.executor: ThreadPoolExecutor | None = None
+        self.compute_executor: ThreadPoolExecutor | None = None
         self.ready = False
         self.realtime_holds = False
 
@@ -104,6 +105,10 @@ class TierRuntime:
         self.executor = ThreadPoolExecutor(
             self.cfg.concurrency, thread_name_prefix="device", initializer=init
         )
+        if self.cfg.offload_compute:
+            self.compute_executor = ThreadPoolExecutor(
+                self.cfg.concurrency, thread_name_prefix="litert"
+            )
         if self.cfg.realtime_holds:  # whether the (first) thread got real-time priority
             self.realtime_holds = self.executor.submit(_is_realtime).result()
         self.ready = True
@@ -112,9 +117,10 @@ class TierRuntime:
     def close(self) -> None:
         self.ready = False
         self.metrics.ready.labels(self.cfg.tier).set(0)
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            self.executor = None
+        for pool in (self.executor, self.compute_executor):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self.executor = self.compute_executor = None
 
     # --- admission ---
 
@@ -192,7 +198,12 @@ class TierRuntime:
         self.check_model(model, "vision")
         profile = self.cfg.models[model].device_time == "profile"
         async with self.slot(model) as (slot, queue_s, t_start):
-            probs, compute_s = self.instances[slot][model].probabilities(image)
+            if self.compute_executor is None:
+                probs, compute_s = self.instances[slot][model].probabilities(image)
+            else:
+                probs, compute_s = await asyncio.get_running_loop().run_in_executor(
+                    self.compute_executor, self.instances[slot][model].probabilities, image
+                )
             if profile:
                 target_ms = self.device_target_ms(model)
                 t_end = await self.hold(t_start + target_ms / 1000.0)

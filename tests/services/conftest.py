@@ -24,6 +24,11 @@ def require_models() -> None:
         pytest.skip(f"committed models missing in {models_dir()}: {', '.join(missing)}")
 
 
+@pytest.fixture
+def need_models() -> None:
+    require_models()
+
+
 @pytest.fixture(scope="session")
 def eval_set() -> dict[str, np.ndarray]:
     path = eval_set_path()

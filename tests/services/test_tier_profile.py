@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 
@@ -48,9 +49,19 @@ def test_emulated_time_matches_configured_latency(tier_factory: Callable[..., Ti
                 assert t["target_ms"] == configured_ms
                 got.append(t["emulated_ms"])
             errors[model] = (configured_ms, got)
+    overloaded = os.getloadavg()[0] > (os.cpu_count() or 1)
     for model, (configured_ms, got) in errors.items():
-        off = [g for g in got if abs(g - configured_ms) > TOL_MS]
-        assert not off, f"{model}: configured {configured_ms} ms ± {TOL_MS}, measured {got}"
+        err = np.abs(np.array(got) - configured_ms)
+        report = f"{model}: configured {configured_ms} ms ± {TOL_MS}, measured {np.round(got, 3)}"
+        assert np.median(err) <= 0.3, report
+        if overloaded:
+            # A host with more runnable threads than CPUs can preempt the server while it
+            # holds the GIL; tolerate rare late wake-ups there, and say so.
+            assert (err <= TOL_MS).mean() >= 0.9, report + f" (load {os.getloadavg()[0]:.1f})"
+            if (err > TOL_MS).any():
+                print(f"note: host overloaded (load {os.getloadavg()[0]:.1f}); {report}")
+        else:
+            assert np.all(err <= TOL_MS), report
 
 
 def test_jitter_draws_are_held(tier_factory: Callable[..., TierProcess]) -> None:
@@ -107,7 +118,7 @@ def test_edge_concurrency_two_runs_two_at_once(tier_factory: Callable[..., TierP
 
 def test_full_queue_answers_503_with_retry_after(tier_factory: Callable[..., TierProcess]) -> None:
     tp = tier_factory(
-        "mcu", config_overrides={"models": {"int8": {"latency_ms": 150.0}}, "queue_limit": 2}
+        "mcu", config_overrides={"models": {"int8": {"latency_ms": 600.0}}, "queue_limit": 2}
     )
     responses = _post_many(tp.url, 6)
     codes = sorted(r.status_code for r in responses)

@@ -1,0 +1,66 @@
+"""start_tier / edgebed serve: readiness, clean stop (no stray process), start-up errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from services.tier.process import TierProcess, TierStartError, start_tier
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie still answers kill(0); check its state
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.usefixtures("need_models")
+def test_start_ready_stop_leaves_no_process() -> None:
+    with start_tier("cloud", device_time="real") as tp:
+        pid = tp.pid
+        assert httpx.get(f"{tp.url}/readyz").status_code == 200
+        assert tp.rss_bytes() and tp.rss_bytes() > 10 * 2**20
+    assert _gone(pid), f"tier process {pid} still running after stop()"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{tp.url}/healthz", timeout=1.0)
+
+
+def test_bad_config_fails_fast_with_the_servers_message() -> None:
+    with pytest.raises(TierStartError) as err:
+        start_tier("edge", config_overrides={"concurrency": 0}, ready_timeout_s=30)
+    assert "concurrency" in str(err.value) and "greater than or equal to 1" in str(err.value)
+
+
+def test_cli_serve_refuses_bad_port_and_unknown_tier() -> None:
+    run = [sys.executable, "-m", "services.tier"]
+    r = subprocess.run([*run, "--tier", "edge", "--port", "70000"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--port must be within 1..65535" in r.stderr
+    r = subprocess.run([*run, "--tier", "nope"], capture_output=True, text=True)
+    assert r.returncode == 2 and "no built-in config for 'nope'" in r.stderr
+
+
+def test_serve_is_registered_in_edgebed_cli() -> None:
+    from orchestrator.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--tier", "edge", "--port", "8001"])
+    assert (args.tier, args.port, args.host) == ("edge", 8001, "127.0.0.1")
+
+
+def test_two_tiers_on_free_ports(tier_factory: Callable[..., TierProcess]) -> None:
+    a = tier_factory("mcu", device_time="real")
+    b = tier_factory("mcu", device_time="real")
+    assert a.port != b.port
+    for tp in (a, b):
+        assert httpx.get(f"{tp.url}/healthz").json()["tier"] == "mcu"
