@@ -50,6 +50,7 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "sim_energy_mj",
     "deadline_ms",
     "deadline_met",
+    "schedule_s",
     "intended_send_s",
     "actual_send_s",
     "image_index",
@@ -70,6 +71,7 @@ def make_record(
     send_lag_ms: float,
     intended_send_s: float,
     actual_send_s: float,
+    schedule_s: float = math.nan,
     outcome: str | None = None,
 ) -> dict[str, Any]:
     """One row of records.csv."""
@@ -116,6 +118,7 @@ def make_record(
         "sim_energy_mj": energy.sim_energy_mj,
         "deadline_ms": request.deadline_ms,
         "deadline_met": bool(latency_ms <= request.deadline_ms),
+        "schedule_s": schedule_s,
         "intended_send_s": intended_send_s,
         "actual_send_s": actual_send_s,
         "image_index": request.image_index,

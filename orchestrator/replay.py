@@ -25,6 +25,7 @@ from orchestrator.client import Attempt, run_attempt
 from orchestrator.energy import EnergyModel
 from orchestrator.policies import LatencyPredictor, Policy, PolicyContext
 from orchestrator.records import make_record
+from orchestrator.transport import coalescing_transport
 from orchestrator.workload import Request
 
 RecordSink = Callable[[dict[str, Any], Sequence[Attempt]], None]
@@ -81,12 +82,18 @@ class PassStats:
 
 
 def make_client(concurrency: int, n_tiers: int = 3) -> httpx.AsyncClient:
-    """One pooled client for all tiers; never picks up proxies from the environment."""
+    """One pooled client for all tiers (one socket write per request, see ``transport``);
+    never picks up proxies from the environment."""
+    # keep-alive shorter than the servers' (uvicorn: 5 s) so an idle connection is never
+    # reused just as the server closes it
     limits = httpx.Limits(
         max_connections=concurrency * max(1, n_tiers) + 8,
         max_keepalive_connections=concurrency * max(1, n_tiers) + 8,
+        keepalive_expiry=2.0,
     )
-    return httpx.AsyncClient(limits=limits, trust_env=False, timeout=httpx.Timeout(30.0))
+    return httpx.AsyncClient(
+        transport=coalescing_transport(limits), trust_env=False, timeout=httpx.Timeout(30.0)
+    )
 
 
 async def _sleep_until(t_target: float, spin_s: float) -> None:
@@ -124,7 +131,7 @@ async def replay_policy(
         for sink in sinks:
             sink(row, attempts)
 
-    async def one(req: Request, t_intended: float) -> None:
+    async def one(req: Request, t_intended: float, schedule_s: float) -> None:
         budget_end = t_intended + settings.request_timeout_s(req.deadline_ms)
 
         async def attempt_fn(route: str) -> Attempt:
@@ -166,6 +173,7 @@ async def replay_policy(
                 elapsed_ms=elapsed_ms,
                 send_lag_ms=(t_send - t_intended) * 1e3,
                 intended_send_s=t_intended - origin,
+                schedule_s=schedule_s,
                 actual_send_s=t_send - origin,
                 outcome=outcome,
             )
@@ -177,14 +185,16 @@ async def replay_policy(
     t0 = time.perf_counter() + settings.start_lead_s
     stats.started_s = t0 - origin
     try:
+        await _sleep_until(t0, settings.spin_s)
         if schedule is None:  # closed loop: the simulator's "one after another"
             for req in requests:
-                await one(req, time.perf_counter())
+                now = time.perf_counter()
+                await one(req, now, now - t0)
         else:
             for req, offset_s in zip(requests, schedule, strict=True):
                 t_intended = t0 + float(offset_s)
                 await _sleep_until(t_intended, settings.spin_s)
-                task = asyncio.create_task(one(req, t_intended))
+                task = asyncio.create_task(one(req, t_intended, float(offset_s)))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
