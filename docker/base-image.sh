@@ -19,7 +19,8 @@ suite=bookworm
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 cache="${EDGEBED_CACHE_DIR:-$repo_root/.edgebed/cache}"
 packages="python3,python3-venv,python3-pip,ca-certificates${extra:+,$extra}"
-key="$(printf '%s' "$suite $mirror $packages" | sha256sum | cut -c1-12)"
+# The cache key covers this script too: a change in how the root filesystem is made rebuilds it.
+key="$( (printf '%s' "$suite $mirror $packages"; cat "${BASH_SOURCE[0]}") | sha256sum | cut -c1-12)"
 tarball="$cache/rootfs-$suite-$key.tar"
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -34,7 +35,8 @@ if [[ ! -s "$tarball" ]]; then
     trap 'rm -rf "$rootfs"' EXIT
     echo "base-image.sh: debootstrap $suite ($packages) into $rootfs" >&2
     debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" >&2
-    # Point apt at the same suites as a stock Debian image, then trim what a container never uses.
+    # Point apt at the same suites as a stock Debian image, then trim what a container never uses
+    # (keep Python's byte code: without it every start of python3 recompiles the stdlib).
     printf 'deb %s %s main\ndeb %s %s-updates main\n' "$mirror" "$suite" "$mirror" "$suite" \
         >"$rootfs/etc/apt/sources.list"
     chroot "$rootfs" apt-get clean
@@ -42,7 +44,6 @@ if [[ ! -s "$tarball" ]]; then
         "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
         "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*.log "$rootfs"/var/log/apt/* \
         "$rootfs"/tmp/* "$rootfs"/root/.cache
-    find "$rootfs" -name '__pycache__' -type d -prune -exec rm -rf {} +
     tar --numeric-owner -C "$rootfs" -cf "$tarball.part" .
     mv "$tarball.part" "$tarball"
     rm -rf "$rootfs"

@@ -6,13 +6,14 @@
 #   docker/dockerd.sh stop  [STATE_DIR]
 #   docker/dockerd.sh status [STATE_DIR]
 #
-# STATE_DIR defaults to $EDGEBED_DOCKER_STATE or .edgebed/docker under the repository (gitignored).
-# Images persist in STATE_DIR/data between runs, which is what makes a second build fast.
+# STATE_DIR defaults to $EDGEBED_DOCKER_STATE, else $EDGEBED_CACHE_DIR/docker, else
+# .edgebed/cache/docker under the repository (gitignored). Images persist in STATE_DIR/data
+# between runs, which is what makes a second build fast.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cmd="${1:-}"
-state="${2:-${EDGEBED_DOCKER_STATE:-$repo_root/.edgebed/docker}}"
+state="${2:-${EDGEBED_DOCKER_STATE:-${EDGEBED_CACHE_DIR:-$repo_root/.edgebed/cache}/docker}}"
 sock="$state/docker.sock"
 pidfile="$state/dockerd.pid"
 log="$state/dockerd.log"
@@ -38,7 +39,7 @@ start)
         echo "export DOCKER_HOST=unix://$sock"
         exit 0
     fi
-    # Fresh bridge name per state dir is not needed: one private engine at a time owns docker0.
+    # One private engine at a time: it owns the docker0 bridge and its iptables chains.
     # containerd is started by dockerd itself (managed), under the exec root.
     setsid dockerd \
         --data-root "$state/data" \

@@ -25,8 +25,13 @@ COPY models /src/models
 COPY services /src/services
 COPY orchestrator /src/orchestrator
 COPY netem /src/netem
+# Trim what a CPU-only Interpreter never loads: LiteRT's WebGPU accelerator, its NPU vendor
+# plugins and ahead-of-time compiler, the plugin tool binary; pip itself; test suites.
 RUN pip install --no-deps /src \
     && pip uninstall --yes pip setuptools wheel \
+    && litert=$(echo /opt/venv/lib/python3*/site-packages/ai_edge_litert) \
+    && rm -rf "$litert"/libLiteRtWebGpuAccelerator.so "$litert"/vendors "$litert"/aot \
+        "$litert"/tools/apply_plugin_main \
     && find /opt/venv -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} +
 
 FROM ${BASE_IMAGE}
@@ -48,7 +53,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 USER edgebed
 WORKDIR /home/edgebed
 EXPOSE 8000
-HEALTHCHECK --interval=2s --timeout=3s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=2s --timeout=5s --start-period=90s --retries=5 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('EDGEBED_PORT', '8000') + '/readyz', timeout=2)"]
 # `python -m services.tier` is `edgebed serve` without the rest of the CLI (whose orchestrator
 # commands need pandas, which this image leaves out).

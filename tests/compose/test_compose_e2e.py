@@ -116,6 +116,12 @@ def build_context(dest: Path) -> Path:
             shutil.copy2(src, dest / rel)
     if HOST_CA.exists():
         shutil.copy(HOST_CA, dest / "certs" / "host-ca.crt")
+    # Development aid: try the stack with other model/data files than the committed ones.
+    for var, sub in (("EDGEBED_E2E_MODELS_FROM", "models"), ("EDGEBED_E2E_DATA_FROM", "data")):
+        if src_dir := os.environ.get(var):
+            for f in Path(src_dir).iterdir():
+                if f.is_file():
+                    shutil.copy(f, dest / sub / f.name)
     (dest / "runs").mkdir(exist_ok=True)
     return dest
 
@@ -162,12 +168,14 @@ def panel_queries(run_name: str, rate_interval: str) -> list[tuple[str, str]]:
 @pytest.fixture
 def say(request: pytest.FixtureRequest) -> Callable[[str], None]:
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capman = request.config.pluginmanager.get_plugin("capturemanager")
 
     def write(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
+        if reporter is None or capman is None:
             print(line, file=sys.stderr)
+            return
+        with capman.global_and_fixture_disabled():  # live progress, not captured
+            reporter.write_line(line)
 
     return write
 
@@ -180,10 +188,12 @@ def test_compose_stack_end_to_end(engine: dict[str, str], tmp_path: Path,
     base = "edgebed/base:bookworm"
     run(["bash", str(REPO / "docker" / "base-image.sh"), base], env, timeout_s=1200)
     timer.mark("base image (debootstrap, cached tarball)")
+    # Prometheus from Debian's package (apt: network-bound) builds while pip builds the images
     prom_image = f"edgebed/prometheus:{TAG}"
-    run(["docker", "build", "-q", "-f", str(REPO / "docker" / "prometheus.Dockerfile"),
-         "--build-arg", f"BASE_IMAGE={base}", "-t", prom_image, str(REPO / "docker")], env)
-    timer.mark("prometheus image (Debian package)")
+    prom_build = subprocess.Popen(
+        ["docker", "build", "-q", "-f", str(REPO / "docker" / "prometheus.Dockerfile"),
+         "--build-arg", f"BASE_IMAGE={base}", "-t", prom_image, str(REPO / "docker")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     ctx = build_context(tmp_path / "edgebed")
     ports = {k: _free_port() for k in ("MCU", "EDGE", "CLOUD", "PROMETHEUS", "ORCHESTRATOR",
@@ -206,7 +216,9 @@ def test_compose_stack_end_to_end(engine: dict[str, str], tmp_path: Path,
 
     for service in ("mcu", "edge", "cloud", "orchestrator"):  # in turn: tiers share layers
         run([*compose, "build", service], cenv, timeout_s=1200)
-    timer.mark("build mcu, edge, cloud, orchestrator images")
+    out, _ = prom_build.communicate(timeout=900)
+    assert prom_build.returncode == 0, f"prometheus image build failed:\n{out[-3000:]}"
+    timer.mark("build mcu, edge, cloud, orchestrator images (+ prometheus in parallel)")
     sizes = {}
     for name in ("mcu", "edge", "cloud", "orchestrator"):
         out = run(["docker", "image", "inspect", "--format", "{{.Size}}",
