@@ -428,6 +428,7 @@ def qemu_argv(
     cpus: int = 1,
     accel: str = "kvm",
     cpu_model: str | None = None,
+    icount_shift: int | None = None,
     qemu: str = QEMU_BINARY,
 ) -> list[str]:
     """The ``qemu-system-x86_64`` argument list booting ``kernel`` with the host root over 9p."""
@@ -439,6 +440,9 @@ def qemu_argv(
         machine = ["-accel", "kvm", "-cpu", cpu_model or DEFAULT_CPU_MODEL]
     elif accel == "tcg":
         machine = ["-accel", "tcg", "-cpu", cpu_model or "max"]
+        if icount_shift is not None:
+            # Guest time = instructions x 2**shift ns; idle time jumps to the next timer.
+            machine += ["-icount", f"shift={icount_shift},sleep=off"]
     else:
         raise ValueError(f"accel must be kvm or tcg, got {accel!r}")
     return [
@@ -501,6 +505,7 @@ def run_in_guest(
     memory_mb: int = 1024,
     cpus: int = 1,
     cache_dir: Path = DEFAULT_CACHE_DIR,
+    icount_shift: int | None = None,
     echo: bool = False,
 ) -> GuestResult:
     """Boot a guest, run ``argv`` (an argument list, no shell) in ``cwd`` and power off.
@@ -530,7 +535,8 @@ def run_in_guest(
         (io_dir / stale).unlink(missing_ok=True)
     (io_dir / "run.sh").write_text(guest_script(argv, cwd=cwd, env=env))
     cmd = qemu_argv(
-        kernel, initramfs, io_dir, memory_mb=memory_mb, cpus=cpus, accel=accel_used
+        kernel, initramfs, io_dir, memory_mb=memory_mb, cpus=cpus, accel=accel_used,
+        icount_shift=icount_shift if accel_used == "tcg" else None,
     )
     boot_started = time.monotonic()
     lines: list[str] = []
@@ -598,6 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a command in a guest: run -- CMD ARGS...")
     run.add_argument("--accel", choices=ACCELS, default="auto")
     run.add_argument("--timeout-s", type=float, default=600.0)
+    run.add_argument("--icount-shift", type=int, default=None,
+                     help="tcg only: virtual clock of 2**N ns per instruction")
     run.add_argument("--memory-mb", type=int, default=1024)
     run.add_argument("--echo", action="store_true", help="stream the guest console")
     run.add_argument("command", nargs=argparse.REMAINDER)
@@ -620,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("run needs a command after --")
     result = run_in_guest(
         command, accel=args.accel, timeout_s=args.timeout_s, memory_mb=args.memory_mb,
-        echo=args.echo,
+        icount_shift=args.icount_shift, echo=args.echo,
     )
     if not args.echo:
         sys.stdout.write(result.output)
