@@ -16,9 +16,10 @@ Works against any ``host:port`` (a proxy link, or a peer shaped by tc netem, e.g
 Report (:func:`fidelity_report`): configured vs achieved mean/p5/p50/p95/std (ms), the
 Kolmogorov–Smirnov statistic and p-value of the achieved RTTs against the configured round-trip
 law (up ⊕ down, scipy.stats) at ``ks_resolution_ms`` (default 1 ms, the simulator's unit: both
-sides rounded to that grid, so that the µs-level floor of a real path does not make a fixed
-delay "reject"), the raw continuous KS too, and pass/fail flags against the acceptance
-tolerances (mean within max(0.5 ms, 2 %), KS p >= 0.01).
+achieved and configured RTTs truncated to whole ms, so the sub-ms floor every real path adds —
+process wake-ups, the loopback stack — does not make a fixed delay "reject"; the mean check
+bounds that floor at 0.5 ms), the raw continuous KS too, and pass/fail flags against the
+acceptance tolerances (mean within max(0.5 ms, 2 %), KS p >= 0.01).
 """
 
 from __future__ import annotations
@@ -174,11 +175,11 @@ def _stats(x: np.ndarray) -> dict[str, float]:
             "min_ms": float(np.min(x)), "max_ms": float(np.max(x))}
 
 
-def _rounded_cdf(cdf: Any, r: float) -> Any:
-    """CDF of ``round(X / r) * r`` given X's CDF (half-up rounding)."""
+def _truncated_cdf(cdf: Any, r: float) -> Any:
+    """CDF of ``floor(X / r) * r`` given X's CDF: P(X < (floor(x / r) + 1) * r)."""
     def f(x: np.ndarray) -> np.ndarray:
         k = np.floor(np.asarray(x, dtype=float) / r + 1e-9)
-        return cdf((k + 0.5) * r - 1e-9)
+        return cdf((k + 1) * r - 1e-6)
     return f
 
 
@@ -195,7 +196,7 @@ def fidelity_report(samples_ms: np.ndarray, link: LinkSpec, *, name: str = "link
     cdf = link.rtt_cdf()
     if ks_resolution_ms > 0:
         r = ks_resolution_ms
-        d, p = ks_1samp(np.floor(x / r + 0.5) * r, _rounded_cdf(cdf, r))
+        d, p = ks_1samp(np.floor(x / r + 1e-9) * r, _truncated_cdf(cdf, r))
     else:
         d, p = ks_1samp(x, cdf)
     d_raw, p_raw = ks_1samp(x, cdf)

@@ -223,6 +223,22 @@ class _Pipe:
         self.dst: asyncio.Transport | None = None
         self.finish: str | None = None  # "eof" or "close" once the source is done
         self.paused_src = False
+        self.pending: list[bytes] = []  # released before the destination connected
+
+    def _write(self, data: bytes) -> None:
+        if self.dst is None:
+            self.pending.append(data)
+        elif not self.dst.is_closing():
+            self.dst.write(data)
+
+    def attach(self, dst: asyncio.Transport) -> None:
+        """Set the destination and flush anything released before it existed."""
+        self.dst = dst
+        for data in self.pending:
+            dst.write(data)
+        self.pending.clear()
+        if not self.queue:
+            self._maybe_finish()
 
     def feed(self, data: bytes) -> None:
         spec = self.link.direction(self.direction)
@@ -232,8 +248,7 @@ class _Pipe:
         if not self.queue and spec.is_zero and spec.rate_mbit is None:
             self.m_chunks.inc()
             self.m_delay.observe(0.0)
-            if self.dst is not None:
-                self.dst.write(data)
+            self._write(data)
             return
         rng = self.link.rng[self.direction]
         rate = spec.rate_bytes_per_s
@@ -276,8 +291,7 @@ class _Pipe:
             _, part, arrival = self.queue.popleft()
             self.queued_bytes -= len(part)
             self.m_delay.observe(max(0.0, now - arrival))
-            if self.dst is not None and not self.dst.is_closing():
-                self.dst.write(part)
+            self._write(part)
         if self.paused_src and self.queued_bytes < LOW_WATER_BYTES and self.src is not None:
             self.paused_src = False
             with contextlib.suppress(RuntimeError):
@@ -364,12 +378,12 @@ class _Connection:
             self.link.metrics.connections.labels(self.link.name).inc()
             self.link.metrics.open_connections.labels(self.link.name).inc()
             self.up.src = side.transport
-            self.down.dst = side.transport
+            self.down.attach(side.transport)
             self.proxy.spawn(self._connect())
         else:
             assert side.transport is not None and self.client is not None
-            self.up.dst = side.transport
             self.down.src = side.transport
+            self.up.attach(side.transport)
             if self.closed or self.client.transport is None or self.client.transport.is_closing():
                 side.transport.close()  # the client left while we were connecting
                 return

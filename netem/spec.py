@@ -355,7 +355,7 @@ def ks_1samp(samples: np.ndarray, cdf: Any) -> tuple[float, float]:
     if n == 0:
         return float("nan"), float("nan")
     f_right = np.asarray(cdf(x), dtype=float)
-    f_left = np.asarray(cdf(x - 1e-9), dtype=float)
+    f_left = np.asarray(cdf(x - 1e-7), dtype=float)
     i = np.arange(1, n + 1)
     d = float(max(np.max(i / n - f_right), np.max(f_left - (i - 1) / n), 0.0))
     return d, float(stats.kstwo.sf(d, n))

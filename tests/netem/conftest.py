@@ -1,0 +1,78 @@
+"""Helpers for the netem tests: run coroutines, start the proxy subprocess, echo servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def proxy_process(links: dict[str, dict[str, Any]], *, seed: int = 1, control: bool = True,
+                  realtime: bool = False) -> Iterator[dict[str, Any]]:
+    """``python -m netem.proxy`` for ``links`` (each with ``target``); yields its ready line;
+    always terminated (and waited for) afterwards."""
+    doc: dict[str, Any] = {"links": links, "seed": seed}
+    if control:
+        doc["control"] = "127.0.0.1:0"
+    fd, path = tempfile.mkstemp(prefix="edgebed-test-links-", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(doc, fh)
+    argv = [sys.executable, "-m", "netem.proxy", "--config", path]
+    if realtime:
+        argv.append("--realtime")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line:
+            raise RuntimeError(f"proxy did not start: {proc.stderr.read() if proc.stderr else ''}")
+        ready = json.loads(line)
+        ready["process"] = proc
+        yield ready
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
+        Path(path).unlink(missing_ok=True)
+
+
+@contextmanager
+def echo_process(realtime: bool = False) -> Iterator[str]:
+    """``edgebed link echo`` as a subprocess on a free loopback port; yields host:port."""
+    argv = [sys.executable, "-m", "orchestrator.cli", "link", "echo", "--bind", "127.0.0.1:0"]
+    if realtime:
+        argv.append("--realtime")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line:
+            raise RuntimeError("echo server did not start")
+        yield json.loads(line)["echo"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        if proc.stdout:
+            proc.stdout.close()

@@ -1,0 +1,243 @@
+"""Link proxy, live on loopback: integrity, ordering, per-direction delay, loss, rate, control API,
+metrics, runtime changes, the subprocess and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from conftest import REPO, proxy_process
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from netem.probe import measure_rtts, measure_throughput, start_echo_server
+from netem.proxy import serve_links
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _with_links(links: dict[str, dict[str, Any]], body: Any, **kw: Any) -> Any:
+    echo = await start_echo_server()
+    target = "127.0.0.1:%d" % echo.sockets[0].getsockname()[1]
+    proxies = await serve_links({n: {**s, "target": target} for n, s in links.items()},
+                                registry=CollectorRegistry(), **kw)
+    try:
+        return await body(proxies, target)
+    finally:
+        await proxies.close()
+        echo.close()
+        await echo.wait_closed()
+
+
+def _addr(proxies: Any, name: str) -> str:
+    host, port = proxies.address(name)
+    return f"{host}:{port}"
+
+
+def _sample(proxies: Any, metric: str, **labels: str) -> float:
+    v = proxies.metrics.registry.get_sample_value(metric, labels)
+    return 0.0 if v is None else v
+
+
+def _parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_bytes_intact_and_never_reordered_under_jitter() -> None:
+    """200 separate chunks through a link with 0–50 ms jitter come back byte-identical."""
+    async def body(proxies: Any, _: str) -> None:
+        reader, writer = await asyncio.open_connection(*proxies.address("jittery"))
+        rng = np.random.default_rng(0)
+        sent = b""
+        for i in range(200):
+            chunk = f"<{i}>".encode() + rng.bytes(int(rng.integers(1, 3000)))
+            sent += chunk
+            writer.write(chunk)
+            await writer.drain()
+            await asyncio.sleep(0.001)  # separate reads at the proxy: separate delay draws
+        got = await asyncio.wait_for(reader.readexactly(len(sent)), 30)
+        writer.close()
+        assert got == sent
+        chunks = _sample(proxies, "edgebed_link_chunks_total", link="jittery", direction="up")
+        assert chunks >= 50, chunks  # really delayed chunk by chunk
+        assert _sample(proxies, "edgebed_link_bytes_total", link="jittery",
+                       direction="up") == len(sent)
+        assert _sample(proxies, "edgebed_link_bytes_total", link="jittery",
+                       direction="down") == len(sent)
+
+    run(_with_links({"jittery": {"up": {"delay_ms": 25, "jitter_ms": 25}}}, body))
+
+
+def test_delay_is_per_direction() -> None:
+    async def body(proxies: Any, target: str) -> None:
+        direct = np.median(await measure_rtts(target, 20))
+        up = await measure_rtts(_addr(proxies, "up20"), 20)
+        down = await measure_rtts(_addr(proxies, "down7"), 20)
+        for name, x, want in (("up20", up, 20), ("down7", down, 7)):
+            excess = np.median(x) - direct
+            assert want - 0.05 <= excess <= want + 3, (name, want, x)
+        # histogram of applied delays, per direction
+        s = _sample(proxies, "edgebed_link_delay_seconds_sum", link="up20", direction="up")
+        n = _sample(proxies, "edgebed_link_delay_seconds_count", link="up20", direction="up")
+        assert n >= 20 and 0.0195 <= s / n <= 0.03, (s, n)
+        assert _sample(proxies, "edgebed_link_delay_seconds_sum", link="up20",
+                       direction="down") == 0
+
+    run(_with_links({"up20": {"up": {"delay_ms": 20}}, "down7": {"down": {"delay_ms": 7}}},
+                    body))
+
+
+def test_loss_costs_an_rto_per_lost_chunk() -> None:
+    """Documented loss model: each chunk pays loss_rto_ms with probability loss_pct/100;
+    the drops counter counts exactly the probes that paid it."""
+    n, p, rto = 300, 0.2, 100.0
+
+    async def body(proxies: Any, target: str) -> None:
+        x = await measure_rtts(_addr(proxies, "lossy"), n, warmup=0)
+        slow = int(np.sum(x >= rto))
+        drops = _sample(proxies, "edgebed_link_drops_total", link="lossy", direction="up")
+        sd = np.sqrt(n * p * (1 - p))
+        print(f"configured loss {p:.0%} rto {rto} ms; slow probes {slow}/{n}; drops {drops}")
+        assert abs(slow - n * p) <= 3.5 * sd, (slow, n * p)
+        assert drops == slow
+        # the penalty is the RTO, not more (medians: robust to scheduling hiccups on busy hosts)
+        assert rto <= np.median(x[x >= rto]) < rto + 5, np.median(x[x >= rto])
+        assert np.median(x[x < rto]) < 5
+
+    run(_with_links({"lossy": {"up": {"loss_pct": 100 * p, "loss_rto_ms": rto}}}, body))
+
+
+def test_rate_limit_one_mbit() -> None:
+    async def body(proxies: Any, _: str) -> None:
+        res = await measure_throughput(_addr(proxies, "slow"), 250_000)
+        print(f"configured 1.000 Mbit/s, measured {res['rate_mbit']:.3f} Mbit/s")
+        assert 0.95 <= res["rate_mbit"] <= 1.05, res
+
+    run(_with_links({"slow": {"rate_mbit": 1}}, body))
+
+
+def test_control_api_get_put_validation_and_metrics() -> None:
+    async def body(proxies: Any, _: str) -> None:
+        url = proxies.control_url
+        async with httpx.AsyncClient(base_url=url, timeout=10, trust_env=False) as c:
+            r = await c.get("/v1/links")
+            assert r.status_code == 200 and set(r.json()["links"]) == {"a"}
+            addr = _addr(proxies, "a")
+            before = np.median(await measure_rtts(addr, 10))
+            r = await c.put("/v1/links/a", json={"direction": "up", "delay_ms": 30})
+            assert r.status_code == 200, r.text
+            assert r.json()["spec"]["up"]["delay_ms"] == 30
+            assert r.json()["spec"]["down"]["delay_ms"] == 0
+            after = np.median(await measure_rtts(addr, 10))
+            assert 29.9 <= after - before <= 33, (before, after)
+            r = await c.put("/v1/links/a", json={"rtt_range_ms": [5, 15]})
+            assert r.json()["spec"]["up"]["integer_ms"] is True
+            # bad input: 422 naming the field and the range; the link is unchanged
+            r = await c.put("/v1/links/a", json={"loss_pct": 140})
+            assert r.status_code == 422
+            assert "loss_pct must be within 0..100, got 140" in r.text
+            assert r.json()["detail"][0]["field"] == "up.loss_pct"
+            r = await c.put("/v1/links/a", json={"bogus_ms": 1})
+            assert r.status_code == 422 and "bogus_ms" in r.text
+            r = await c.put("/v1/links/a", content=b"{not json", headers={
+                "content-type": "application/json"})
+            assert r.status_code == 422
+            r = await c.put("/v1/links/a", json=[1, 2])
+            assert r.status_code == 422
+            r = await c.get("/v1/links/nope")
+            assert r.status_code == 404 and r.json()["detail"]["field"] == "name"
+            assert (await c.get("/v1/links/a")).json()["spec"]["rtt_range_ms"] == [5, 15]
+            # fidelity report -> gauges; metrics exposition
+            rep = {"n": 10, "ks_statistic": 0.1, "ks_pvalue": 0.5,
+                   "configured": {"mean_ms": 10.0}, "achieved": {"mean_ms": 10.2}}
+            assert (await c.put("/v1/links/a/fidelity", json=rep)).status_code == 200
+            m = _parse((await c.get("/metrics")).text)
+            key = ("edgebed_link_fidelity_rtt_seconds", (("kind", "achieved"), ("link", "a"),
+                                                         ("stat", "mean")))
+            assert m[key] == pytest.approx(0.0102)
+            assert m[("edgebed_link_configured_delay_seconds",
+                      (("direction", "up"), ("link", "a")))] == pytest.approx(0.010)
+            assert m[("edgebed_link_bytes_total", (("direction", "up"), ("link", "a")))] > 0
+
+    run(_with_links({"a": {}}, body, control="127.0.0.1:0"))
+
+
+def test_target_down_closes_client_and_counts() -> None:
+    async def body(proxies: Any, _: str) -> None:
+        reader, writer = await asyncio.open_connection(*proxies.address("dead"))
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        await asyncio.sleep(0.05)
+        assert _sample(proxies, "edgebed_link_connect_errors_total", link="dead") == 1
+
+    async def go() -> None:
+        s = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = s.sockets[0].getsockname()[1]
+        s.close()
+        await s.wait_closed()  # nothing listens on port any more
+        proxies = await serve_links({"dead": {"target": f"127.0.0.1:{port}"}},
+                                    registry=CollectorRegistry())
+        try:
+            await body(proxies, "")
+        finally:
+            await proxies.close()
+
+    run(go())
+
+
+def test_subprocess_proxy_and_cli_set_show() -> None:
+    """``python -m netem.proxy`` + ``edgebed link set/show`` against its control API."""
+    async def echo_and(fn: Any) -> Any:
+        echo = await start_echo_server()
+        try:
+            return await fn("127.0.0.1:%d" % echo.sockets[0].getsockname()[1])
+        finally:
+            echo.close()
+
+    async def scenario(target: str) -> None:
+        with proxy_process({"device-edge": {"target": target, "rtt_range_ms": [5, 15]}}) as ready:
+            addr = ready["links"]["device-edge"]
+            x = await measure_rtts(addr, 40)
+            assert 4.9 <= x.min() and np.median(x) < 17, x
+            env = {**os.environ, "PYTHONPATH": str(REPO)}
+            cli = [sys.executable, "-m", "orchestrator.cli", "link"]
+            out = subprocess.run([*cli, "set", "device-edge", "--control", ready["control"],
+                                  "--direction", "down", "--delay-ms", "40"],
+                                 capture_output=True, text=True, env=env, timeout=30)
+            assert out.returncode == 0, out.stderr
+            x = await measure_rtts(addr, 20)
+            assert x.min() >= 44.9, x
+            bad = subprocess.run([*cli, "set", "device-edge", "--control", ready["control"],
+                                  "--loss-pct", "140"],
+                                 capture_output=True, text=True, env=env, timeout=30)
+            assert bad.returncode == 2
+            assert "loss_pct must be within 0..100, got 140" in bad.stderr
+            show = subprocess.run([*cli, "show", "--control", ready["control"]],
+                                  capture_output=True, text=True, env=env, timeout=30)
+            assert "device-edge" in show.stdout and "40 ms" in show.stdout, show.stdout
+            proc = ready["process"]
+            t0 = time.monotonic()
+            proc.terminate()
+            assert proc.wait(timeout=10) == 0  # clean stop on SIGTERM
+            assert time.monotonic() - t0 < 5
+
+    run(echo_and(scenario))
+
+
+def test_subprocess_rejects_bad_config(tmp_path: Any) -> None:
+    f = tmp_path / "links.yaml"
+    f.write_text("links:\n  x:\n    target: 127.0.0.1:1\n    up: {jitter_ms: 5}\n")
+    out = subprocess.run([sys.executable, "-m", "netem.proxy", "--config", str(f)],
+                         capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert out.returncode == 2
+    assert "links.x.up: jitter_ms must be within 0..delay_ms (0)" in out.stderr, out.stderr
