@@ -27,7 +27,7 @@ def run(coro: Any) -> Any:
 
 async def _with_links(links: dict[str, dict[str, Any]], body: Any, **kw: Any) -> Any:
     echo = await start_echo_server()
-    target = "127.0.0.1:%d" % echo.sockets[0].getsockname()[1]
+    target = f"127.0.0.1:{echo.sockets[0].getsockname()[1]}"
     proxies = await serve_links({n: {**s, "target": target} for n, s in links.items()},
                                 registry=CollectorRegistry(), **kw)
     try:
@@ -200,7 +200,7 @@ def test_subprocess_proxy_and_cli_set_show() -> None:
     async def echo_and(fn: Any) -> Any:
         echo = await start_echo_server()
         try:
-            return await fn("127.0.0.1:%d" % echo.sockets[0].getsockname()[1])
+            return await fn(f"127.0.0.1:{echo.sockets[0].getsockname()[1]}")
         finally:
             echo.close()
 
