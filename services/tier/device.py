@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections import deque
 
@@ -82,16 +83,20 @@ class DeviceSlots:
         self._free.append(slot)
 
 
-def hold_until(deadline_s: float) -> float:
+def hold_until(deadline_s: float, stop: threading.Event | None = None) -> float:
     """Block this (worker) thread until ``time.perf_counter() >= deadline_s``; return the time.
 
     The event loop's timers have 1 ms granularity, so device holds run on worker threads.
-    ``time.sleep`` wakes within ~0.1 ms when the thread gets a CPU at once, which
-    :func:`try_realtime_thread` arranges on a busy host.
+    A timed wait wakes within ~0.1 ms when the thread gets a CPU at once, which
+    :func:`try_realtime_thread` arranges on a busy host. Setting ``stop`` ends the hold early
+    (server shutdown), so a 12 s emulated LM answer does not delay exit.
     """
     remaining = deadline_s - time.perf_counter()
     if remaining > 0:
-        time.sleep(remaining)
+        if stop is None:
+            time.sleep(remaining)
+        else:
+            stop.wait(remaining)
     return time.perf_counter()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,7 @@ class TierRuntime:
         self.compute_executor: ThreadPoolExecutor | None = None
         self.ready = False
         self.realtime_holds = False
+        self._stop = threading.Event()
 
     # --- lifecycle ---
 
@@ -115,6 +117,7 @@ class TierRuntime:
         self.metrics.ready.labels(self.cfg.tier).set(1)
 
     def close(self) -> None:
+        self._stop.set()  # end device holds still running
         self.ready = False
         self.metrics.ready.labels(self.cfg.tier).set(0)
         for pool in (self.executor, self.compute_executor):
@@ -168,7 +171,7 @@ class TierRuntime:
         if deadline_s <= now:
             return now
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, hold_until, deadline_s)
+        return await loop.run_in_executor(self.executor, hold_until, deadline_s, self._stop)
 
     def device_target_ms(self, model: str) -> float:
         m = self.cfg.models[model]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
+import http.client
+import json
 import os
+import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
@@ -17,22 +20,62 @@ BINARY = {"content-type": "application/octet-stream"}
 TOL_MS = 1.0
 
 
-def _post_many(url: str, n: int, model: str = "int8") -> list[httpx.Response]:
-    """``n`` requests sent at once over ``n`` connections."""
+def check_holds(
+    held_ms: list[float] | np.ndarray, target_ms: list[float] | np.ndarray, what: str
+) -> None:
+    """Every hold within ±TOL_MS of its target; on an overloaded host at least 90 % of them.
 
-    async def run() -> list[httpx.Response]:
-        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-        async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits) as client:
-            # open the connections first so the burst is not spread by TCP set-up
-            await asyncio.gather(*(client.get("/healthz") for _ in range(n)))
-            return await asyncio.gather(
-                *(
-                    client.post(f"/v1/infer?model={model}", content=bytes(784), headers=BINARY)
-                    for _ in range(n)
-                )
-            )
+    A host with more runnable threads than CPUs (or a VM whose vCPU is descheduled) can wake
+    the server late now and then; that is reported, not hidden, and still bounded.
+    """
+    held, target = np.asarray(held_ms, dtype=float), np.asarray(target_ms, dtype=float)
+    err = np.abs(held - target)
+    load = os.getloadavg()[0]
+    report = f"{what}: configured {np.round(target, 3)} ms ± {TOL_MS}, measured {np.round(held, 3)}"
+    assert np.median(err) <= 0.3, report
+    if load > (os.cpu_count() or 1):
+        assert (err <= TOL_MS).mean() >= 0.9, f"{report} (load average {load:.1f})"
+        if (err > TOL_MS).any():
+            print(f"note: host overloaded (load average {load:.1f}); {report}")
+    else:
+        assert np.all(err <= TOL_MS), report
 
-    return asyncio.run(run())
+
+@dataclass
+class Answer:
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+def _post_many(url: str, n: int, model: str = "int8") -> list[Answer]:
+    """``n`` binary infer requests that reach the server together.
+
+    Connections are opened first, then the complete pre-built requests are written back to
+    back (microseconds apart), so the burst does not depend on how fast a client library is
+    on a busy host.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    request = (
+        f"POST /v1/infer?model={model} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: 784\r\n\r\n"
+    ).encode() + bytes(784)
+    socks = [socket.create_connection((host, int(port)), timeout=30) for _ in range(n)]
+    try:
+        for s in socks:
+            s.sendall(request)
+        answers = []
+        for s in socks:
+            resp = http.client.HTTPResponse(s)
+            resp.begin()
+            answers.append(Answer(resp.status, dict(resp.getheaders()), resp.read()))
+        return answers
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_emulated_time_matches_configured_latency(tier_factory: Callable[..., TierProcess]) -> None:
@@ -49,19 +92,8 @@ def test_emulated_time_matches_configured_latency(tier_factory: Callable[..., Ti
                 assert t["target_ms"] == configured_ms
                 got.append(t["emulated_ms"])
             errors[model] = (configured_ms, got)
-    overloaded = os.getloadavg()[0] > (os.cpu_count() or 1)
     for model, (configured_ms, got) in errors.items():
-        err = np.abs(np.array(got) - configured_ms)
-        report = f"{model}: configured {configured_ms} ms ± {TOL_MS}, measured {np.round(got, 3)}"
-        assert np.median(err) <= 0.3, report
-        if overloaded:
-            # A host with more runnable threads than CPUs can preempt the server while it
-            # holds the GIL; tolerate rare late wake-ups there, and say so.
-            assert (err <= TOL_MS).mean() >= 0.9, report + f" (load {os.getloadavg()[0]:.1f})"
-            if (err > TOL_MS).any():
-                print(f"note: host overloaded (load {os.getloadavg()[0]:.1f}); {report}")
-        else:
-            assert np.all(err <= TOL_MS), report
+        check_holds(got, [configured_ms] * len(got), model)
 
 
 def test_jitter_draws_are_held(tier_factory: Callable[..., TierProcess]) -> None:
@@ -78,7 +110,7 @@ def test_jitter_draws_are_held(tier_factory: Callable[..., TierProcess]) -> None
     held = np.array([t["emulated_ms"] for t in timings])
     assert targets.min() >= 5.0 and targets.max() <= 15.0, targets
     assert targets.std() > 1.0, f"uniform 0–10 ms jitter should spread targets: {targets}"
-    assert np.all(np.abs(held - targets) <= TOL_MS), list(zip(targets, held, strict=True))
+    check_holds(held, targets, "int8 with uniform jitter")
 
 
 def test_concurrency_one_serialises_ten_simultaneous_requests(
@@ -99,7 +131,7 @@ def test_concurrency_one_serialises_ten_simultaneous_requests(
         f"configured {service_ms} ms per request, concurrency 1; wall {wall_ms:.1f} ms; "
         f"queue_ms {queue.round(1).tolist()}; held {held.round(2).tolist()}"
     )
-    assert np.all(np.abs(held - service_ms) <= 2 * TOL_MS), report
+    check_holds(held, [service_ms] * len(held), "int8 at concurrency 1")
     # One at a time: the burst takes at least ten service times, and the k-th request in line
     # really waited for the ones before it (spread over ~10 service times).
     assert wall_ms >= 10 * service_ms, report
@@ -125,7 +157,7 @@ def test_full_queue_answers_503_with_retry_after(tier_factory: Callable[..., Tie
     assert codes == [200, 200, 200, 503, 503, 503], codes  # 1 in service + 2 waiting
     for r in responses:
         if r.status_code == 503:
-            assert int(r.headers["retry-after"]) >= 1
+            assert int({k.lower(): v for k, v in r.headers.items()}["retry-after"]) >= 1
             assert r.json()["field"] == "model" and "queue_limit 2" in r.json()["detail"]
     metrics = httpx.get(f"{tp.url}/metrics").text
     assert 'edgebed_requests_total{model="int8",outcome="queue_full",tier="mcu"} 3.0' in metrics
