@@ -165,7 +165,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     demo.add_argument(
         "--fidelity-probes",
         type=int,
-        default=100,
-        help="probes per link for the link-fidelity report before the run (0: skip)",
+        default=60,
+        help="HTTP probes per link for the link-fidelity report before the run (0: skip)",
     )
     demo.set_defaults(func=_demo)

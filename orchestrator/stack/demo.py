@@ -105,7 +105,15 @@ def run_on_stack(
         from netem.probe import format_table
         from orchestrator.stack.fidelity import probe_stack_links
 
-        reports = probe_stack_links(exp, state, n=fidelity_probes)
+        try:
+            reports = probe_stack_links(exp, state, n=fidelity_probes)
+        except Exception as exc:  # a failed probe must not cost the run; it is recorded
+            reports = []
+            run_info["link_fidelity_error"] = f"{type(exc).__name__}: {exc}"
+            log(
+                f"warning: link fidelity probe failed ({type(exc).__name__}: {exc}); "
+                "continuing without it"
+            )
         run_info["link_fidelity"] = reports
         if reports:
             log(
@@ -118,12 +126,15 @@ def run_on_stack(
         if wait_scrape and state.prometheus_url and state.orchestrator_metrics_port:
             # keep /metrics up until Prometheus has collected the final values
             after = time.time()
+            log("waiting for Prometheus to scrape the final orchestrator metrics ...")
             try:
+                job = "edgebed-orchestrator"
                 scraped = manager.wait_for_scrape(
                     state.prometheus_url,
-                    "edgebed-orchestrator",
+                    job,
                     after,
-                    timeout_s=max(10.0, 4 * state.scrape_interval_s),
+                    timeout_s=max(30.0, 10 * state.scrape_interval_s),
+                    instances=manager.scrape_instances(state, job),
                 )
             except TimeoutError as exc:
                 log(f"warning: {exc}")
@@ -142,7 +153,7 @@ def demo(
     scrape_interval_s: float = 1.0,
     progress: bool = True,
     plots: bool = True,
-    fidelity_probes: int = 100,
+    fidelity_probes: int = 60,
     log: Callable[[str], None] = print,
 ) -> int:
     """Up, run every policy of ``config``, print the summary and where outputs are, down."""

@@ -23,9 +23,12 @@ def _hostport(url: str) -> str:
 
 
 def probe_stack_links(
-    exp: Experiment, state: StackState, n: int = 100, concurrency: int = 4
+    exp: Experiment, state: StackState, n: int = 60, concurrency: int = 1, timeout_s: float = 45.0
 ) -> list[dict[str, Any]]:
-    """Fidelity report per link from ``device`` whose tier is reached through a link proxy."""
+    """Fidelity report per link from ``device`` whose tier is reached through a link proxy.
+
+    Raises ``TimeoutError`` when all probes together take longer than ``timeout_s``.
+    """
     from netem.probe import probe_link
 
     jobs = []
@@ -40,22 +43,21 @@ def probe_stack_links(
     async def run() -> list[dict[str, Any]]:
         out = []
         for name, spec, via, direct in jobs:  # one link at a time: probes do not compete
-            out.append(
-                await probe_link(
-                    via,
-                    spec,
-                    name=name,
-                    n=n,
-                    mode="http",
-                    concurrency=concurrency,
-                    path="/healthz",
-                    baseline_target=direct,
-                    baseline_n=min(n, 50),
-                )
+            probe = probe_link(
+                via,
+                spec,
+                name=name,
+                n=n,
+                mode="http",
+                concurrency=concurrency,
+                path="/healthz",
+                baseline_target=direct,
+                baseline_n=min(n, 50),
             )
+            out.append(await probe)
         return out
 
-    reports = asyncio.run(run())
+    reports = asyncio.run(asyncio.wait_for(run(), timeout_s))
     control = state.link_control_urls.get("links")
     if control:
         with httpx.Client(timeout=5, trust_env=False) as client:

@@ -317,6 +317,7 @@ def wait_for_scrape(
             ups = client.get(
                 f"{prometheus_url}/api/v1/query", params={"query": f'up{{job="{job}"}}'}
             )
+
             def mine(series: list[dict]) -> list[dict]:
                 if instances is None:
                     return series

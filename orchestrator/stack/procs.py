@@ -78,6 +78,9 @@ def spawn(
     """Start ``argv`` in a new session with stdout+stderr appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        log.write(f"=== {stamp} edgebed starts {name}: {' '.join(argv)}\n".encode())
+        log.flush()
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
