@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any
 
 import httpx
@@ -67,12 +68,23 @@ class Attempt:
 
     def brief(self) -> dict[str, Any]:
         """Compact form kept in records.csv's ``attempts_json`` column."""
-        d = asdict(self)
-        d.pop("extra", None)
-        return {
-            k: (None if v != v else round(v, 4)) if isinstance(v, float) else v
-            for k, v in d.items()
-        }
+        out: dict[str, Any] = {}
+        for f in _BRIEF_FIELDS:
+            v = getattr(self, f)
+            out[f] = (None if v != v else round(v, 4)) if isinstance(v, float) else v
+        return out
+
+
+_BRIEF_FIELDS = tuple(f.name for f in fields(Attempt) if f.name != "extra")
+
+
+@lru_cache(maxsize=256)
+def _endpoint_url(base_url: str, kind: str, model: str) -> httpx.URL:
+    """Parsed once per (tier, endpoint, model): httpx's URL parsing is costly per request."""
+    base = base_url.rstrip("/")
+    if kind == "cv":
+        return httpx.URL(f"{base}/v1/infer", params={"model": model})
+    return httpx.URL(f"{base}/v1/generate")
 
 
 def _request_bytes(req: httpx.Request) -> int:
@@ -97,13 +109,12 @@ def build_http_request(
 ) -> httpx.Request:
     """The HTTP request for ``route`` (pure apart from httpx's request object)."""
     _, model = split_route(route)
-    base = base_url.rstrip("/")
+    url = _endpoint_url(base_url, request.kind, model)
     headers = {"x-request-id": str(request.id)}
     if request.kind == "cv":
         return client.build_request(
             "POST",
-            f"{base}/v1/infer",
-            params={"model": model},
+            url,
             content=request.image,
             headers={**headers, "content-type": "application/octet-stream"},
             timeout=timeout_s,
@@ -116,9 +127,7 @@ def build_http_request(
         "request_id": str(request.id),
         "stream": False,
     }
-    return client.build_request(
-        "POST", f"{base}/v1/generate", json=body, headers=headers, timeout=timeout_s
-    )
+    return client.build_request("POST", url, json=body, headers=headers, timeout=timeout_s)
 
 
 def parse_answer(attempt: Attempt, payload: dict[str, Any]) -> None:
