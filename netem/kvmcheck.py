@@ -338,7 +338,6 @@ def run_checks(*, n: int = 500, n_loss: int = 400, accel: str = "auto",
     io_dir.mkdir(parents=True, exist_ok=True)
     plan = build_plan(n, n_loss=n_loss, lib_dir=io_dir / "tc-lib", parallel=parallel)
     plan_path = io_dir / "plan.json"
-    plan_path.write_text(json.dumps(plan, indent=1) + "\n")
     guest_plan = f"{kvmguest.GUEST_IO_DIR}/plan.json"
     guest_out = f"{kvmguest.GUEST_OUT_DIR}/kvmcheck.json"
     # The tables are read in the guest through the I/O share.

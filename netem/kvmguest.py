@@ -219,6 +219,8 @@ def fetch_debian_kernel(
     tree = cache_dir / "kernel"
     tree.mkdir(parents=True, exist_ok=True)
     subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(tree)], check=True)
+    for deb in debs:
+        deb.unlink()  # unpacked; the 70 MB package is not needed any more
     version = image_pkg.removeprefix("linux-image-")
     depmod = shutil.which("depmod") or "/usr/sbin/depmod"
     subprocess.run([depmod, "-b", str(tree), version], check=True)
@@ -402,7 +404,9 @@ def build_initramfs(
     for module, name in zip(modules, names, strict=True):
         entries.append((f"modules/{name}.ko", 0o100644, _read_module(module)))
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
+    for stale in cache_dir.glob(f"initramfs-{kernel.version}-*.cpio"):
+        stale.unlink(missing_ok=True)  # images of an older /init or busybox
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_bytes(_cpio_newc(entries))
     tmp.replace(target)
     return target

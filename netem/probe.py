@@ -15,10 +15,11 @@ Works against any ``host:port`` (a proxy link, or a peer shaped by tc netem, e.g
 
 Report (:func:`fidelity_report`): configured vs achieved mean/p5/p50/p95/std (ms), the
 Kolmogorov–Smirnov statistic and p-value of the achieved RTTs against the configured round-trip
-law (up ⊕ down, scipy.stats) at ``ks_resolution_ms`` (default 1 ms, the simulator's unit: both
-achieved and configured RTTs truncated to whole ms, so the sub-ms floor every real path adds —
-process wake-ups, the loopback stack — does not make a fixed delay "reject"; the mean check
-bounds that floor at 0.5 ms), the raw continuous KS too, and pass/fail flags against the
+law (up ⊕ down, scipy.stats) with a timing tolerance ``ks_tolerance_ms`` (default ±0.5 ms, half
+the simulator's 1 ms unit: the empirical CDF counts as off only outside the band between the
+configured CDF shifted by ±0.5 ms — see :func:`netem.spec.ks_1samp` — so the sub-ms floor every
+real path adds, process wake-ups and the loopback stack, does not make a fixed delay "reject",
+while shape errors still do), the raw continuous KS too, and pass/fail flags against the
 acceptance tolerances (mean within max(0.5 ms, 2 %), KS p >= 0.01).
 """
 
@@ -175,16 +176,8 @@ def _stats(x: np.ndarray) -> dict[str, float]:
             "min_ms": float(np.min(x)), "max_ms": float(np.max(x))}
 
 
-def _truncated_cdf(cdf: Any, r: float) -> Any:
-    """CDF of ``floor(X / r) * r`` given X's CDF: P(X < (floor(x / r) + 1) * r)."""
-    def f(x: np.ndarray) -> np.ndarray:
-        k = np.floor(np.asarray(x, dtype=float) / r + 1e-9)
-        return cdf((k + 1) * r - 1e-6)
-    return f
-
-
 def fidelity_report(samples_ms: np.ndarray, link: LinkSpec, *, name: str = "link",
-                    baseline_ms: float | None = None, ks_resolution_ms: float = 1.0,
+                    baseline_ms: float | None = None, ks_tolerance_ms: float = 0.5,
                     seed: int = 7) -> dict[str, Any]:
     """Configured vs achieved round trip for one link (JSON-ready dict)."""
     raw = np.asarray(samples_ms, dtype=float)
@@ -194,11 +187,7 @@ def fidelity_report(samples_ms: np.ndarray, link: LinkSpec, *, name: str = "link
     configured["mean_ms"] = link.rtt_mean_ms()  # exact (analytic) mean
     achieved = _stats(x)
     cdf = link.rtt_cdf()
-    if ks_resolution_ms > 0:
-        r = ks_resolution_ms
-        d, p = ks_1samp(np.floor(x / r + 1e-9) * r, _truncated_cdf(cdf, r))
-    else:
-        d, p = ks_1samp(x, cdf)
+    d, p = ks_1samp(x, cdf, tol=ks_tolerance_ms)
     d_raw, p_raw = ks_1samp(x, cdf)
     tol = max(MEAN_TOL_ABS_MS, MEAN_TOL_REL * configured["mean_ms"])
     err = achieved["mean_ms"] - configured["mean_ms"]
@@ -212,7 +201,7 @@ def fidelity_report(samples_ms: np.ndarray, link: LinkSpec, *, name: str = "link
         "mean_error_ms": err,
         "mean_tolerance_ms": tol,
         "mean_ok": bool(abs(err) <= tol),
-        "ks_resolution_ms": ks_resolution_ms,
+        "ks_tolerance_ms": ks_tolerance_ms,
         "ks_statistic": d,
         "ks_pvalue": p,
         "ks_ok": bool(p >= KS_ALPHA),
@@ -243,7 +232,7 @@ def format_table(reports: list[dict[str, Any]]) -> str:
 async def probe_link(target: str, link: LinkSpec, *, name: str = "link", n: int = 500,
                      mode: str = "echo", concurrency: int = 1, path: str = "/healthz",
                      baseline_target: str | None = None, baseline_n: int = 200,
-                     ks_resolution_ms: float = 1.0) -> dict[str, Any]:
+                     ks_tolerance_ms: float = 0.5) -> dict[str, Any]:
     """Measure ``target`` and build its :func:`fidelity_report` (optionally baseline-corrected)."""
     baseline = None
     if baseline_target:
@@ -251,7 +240,7 @@ async def probe_link(target: str, link: LinkSpec, *, name: str = "link", n: int 
         baseline = float(np.median(b))
     samples = await measure_rtts(target, n, mode=mode, concurrency=concurrency, path=path)
     return fidelity_report(samples, link, name=name, baseline_ms=baseline,
-                           ks_resolution_ms=ks_resolution_ms)
+                           ks_tolerance_ms=ks_tolerance_ms)
 
 
 # ---- command line (also used by ``edgebed link probe|echo``) -------------------------------
@@ -297,7 +286,8 @@ def add_rtt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", default="/healthz", help="HTTP path for --mode http")
     p.add_argument("--baseline-target", default=None,
                    help="host:port reaching the same server without the link (median subtracted)")
-    p.add_argument("--ks-resolution-ms", type=float, default=1.0)
+    p.add_argument("--ks-tolerance-ms", type=float, default=0.5,
+                   help="timing tolerance of the KS test (default 0.5 ms; 0 = raw KS)")
     p.add_argument("--json", default=None, help="write the report to this file")
     p.add_argument("--report-to", default=None,
                    help="proxy control URL: publish the report as Prometheus gauges")
@@ -313,7 +303,7 @@ def run_rtt(args: argparse.Namespace) -> int:
     report = asyncio.run(probe_link(
         args.target, link, name=name, n=args.n, mode=args.mode, concurrency=args.concurrency,
         path=args.path, baseline_target=args.baseline_target,
-        ks_resolution_ms=args.ks_resolution_ms))
+        ks_tolerance_ms=args.ks_tolerance_ms))
     print(format_table([report]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -4,7 +4,7 @@ Proxy, echo server and probe run as separate processes (SCHED_FIFO when root, so
 scheduler does not masquerade as link jitter). The link's part of each round trip is the probe
 RTT minus the median RTT through an unshaped link of the same proxy (``--baseline-target``).
 Criteria (issue 4): achieved mean within max(0.5 ms, 2 %) of the configured mean; KS test
-(1 ms resolution) not rejecting the configured law at p = 0.01.
+(±0.5 ms timing tolerance, see netem.spec.ks_1samp) not rejecting the configured law at p = 0.01.
 """
 
 from __future__ import annotations
@@ -56,11 +56,12 @@ def test_proxy_fidelity(case: str, tmp_path: Path) -> None:
             rep = _probe(ready["links"][case], ready["links"]["zero"], config, case, n,
                          tmp_path / "report.json")
     print(format_table([rep]))
+    load = "host load avg {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
     print(f"baseline (unshaped proxy path) median {rep['baseline_ms']:.3f} ms; "
           f"proxy scheduling: {ready.get('realtime')}")
     assert rep["n"] >= 500
     assert rep["mean_ok"], (f"configured mean {rep['configured']['mean_ms']:.3f} ms, achieved "
                             f"{rep['achieved']['mean_ms']:.3f} ms, tolerance "
-                            f"{rep['mean_tolerance_ms']:.3f} ms")
+                            f"{rep['mean_tolerance_ms']:.3f} ms; {load}")
     assert rep["ks_ok"], (f"KS D={rep['ks_statistic']:.4f} p={rep['ks_pvalue']:.4g} against "
-                          f"{rep['configured_law']}")
+                          f"{rep['configured_law']}; {load}")
