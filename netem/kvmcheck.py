@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import socketserver
@@ -52,13 +53,29 @@ DELAY_CHECKS: dict[str, dict[str, Any]] = {
 LOSS_CHECK = ("loss_5pct", {"up": {"delay_ms": 10, "loss_pct": 5}})
 RATE_CHECK = ("rate_1mbit", {"up": {"rate_mbit": 1}})
 RATE_TOLERANCE = (0.95, 1.05)
+MEAN_Z = 3.3  # probe counts make the mean tolerance this many standard errors wide
 LOSS_Z = 3.3  # the loss ratio must lie within ~3.3 binomial standard errors (two-sided ~0.1 %)
 
 
 # ---------------------------------------------------------------- host: plan
 
 
-def build_plan(n: int = 500, *, n_loss: int = 400, n_baseline: int = 200,
+def probes_needed(link: Any, n_min: int, z: float = MEAN_Z) -> int:
+    """Probes so that the mean tolerance max(0.5 ms, 2 %) is ``z`` standard errors wide.
+
+    netem draws from the kernel's unseeded generator, so a run is one random sample: with 500
+    probes of the integer-uniform 30..120 ms RTT (std 26.3 ms) the 1.5 ms tolerance is only 1.3
+    standard errors and a faithful netem would fail ~20 % of runs. Never fewer than ``n_min``.
+    """
+    import numpy as np
+
+    std = float(np.std(link.rtt_samples(200_000, np.random.default_rng(1))))
+    tol = max(0.5, 0.02 * link.rtt_mean_ms())
+    return max(n_min, math.ceil((z * std / tol) ** 2))
+
+
+
+def build_plan(n: int = 500, *, n_loss: int = 1000, n_baseline: int = 200,
                throughput_bytes: int = 250_000, python: str = sys.executable,
                lib_dir: Path | None = None, parallel: bool = False) -> dict[str, Any]:
     """The JSON plan the guest executes: setup, shaping argvs, probes, throughput.
@@ -100,7 +117,8 @@ def build_plan(n: int = 500, *, n_loss: int = 400, n_baseline: int = 200,
     ]
     # Run inside the client namespace (the guest's client process lives there): no prefix.
     shape = tc.build_apply_argvs(links, CLIENT_DEV, peer_ips=peers)
-    probes = [{"name": name, "ip": peers[name], "n": n} for name in DELAY_CHECKS]
+    probes = [{"name": name, "ip": peers[name], "n": probes_needed(links[name], n)}
+              for name in DELAY_CHECKS]
     probes.append({"name": LOSS_CHECK[0], "ip": peers[LOSS_CHECK[0]], "n": n_loss})
     return {
         "python": python,
@@ -319,7 +337,7 @@ def guest_main(plan_path: Path, out_path: Path) -> int:
 # ---------------------------------------------------------------- host: run and judge
 
 
-def run_checks(*, n: int = 500, n_loss: int = 400, accel: str = "auto",
+def run_checks(*, n: int = 500, n_loss: int = 1000, accel: str = "auto",
                icount_shift: int | None = None, parallel: bool = False,
                timeout_s: float = 900.0, io_dir: Path | None = None,
                echo: bool = False) -> dict[str, Any]:
