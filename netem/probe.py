@@ -199,6 +199,7 @@ def fidelity_report(samples_ms: np.ndarray, link: LinkSpec, *, name: str = "link
         "achieved": achieved,
         "baseline_ms": baseline_ms,
         "mean_error_ms": err,
+        "mean_se_ms": achieved["std_ms"] / np.sqrt(len(x)) if len(x) else float("nan"),
         "mean_tolerance_ms": tol,
         "mean_ok": bool(abs(err) <= tol),
         "ks_tolerance_ms": ks_tolerance_ms,

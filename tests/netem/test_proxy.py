@@ -241,3 +241,34 @@ def test_subprocess_rejects_bad_config(tmp_path: Any) -> None:
                          capture_output=True, text=True, timeout=30, cwd=REPO)
     assert out.returncode == 2
     assert "links.x.up: jitter_ms must be within 0..delay_ms (0)" in out.stderr, out.stderr
+
+
+def test_half_close_is_forwarded_after_delayed_data() -> None:
+    """EOF from the client reaches the target only after the delayed bytes before it."""
+    async def body(proxies: Any, _: str) -> None:
+        reader, writer = await asyncio.open_connection(*proxies.address("slow-up"))
+        t0 = time.monotonic()
+        writer.write(b"last words")
+        writer.write_eof()
+        got = await asyncio.wait_for(reader.read(), 10)  # echo closes after EOF: read to end
+        assert got == b"last words"
+        assert time.monotonic() - t0 >= 0.0299
+        writer.close()
+
+    run(_with_links({"slow-up": {"up": {"delay_ms": 30}}}, body))
+
+
+def test_many_concurrent_connections_keep_their_own_streams() -> None:
+    async def body(proxies: Any, _: str) -> None:
+        async def one(i: int) -> bool:
+            reader, writer = await asyncio.open_connection(*proxies.address("j"))
+            msg = f"conn-{i}-".encode() * 50
+            writer.write(msg)
+            got = await asyncio.wait_for(reader.readexactly(len(msg)), 20)
+            writer.close()
+            return got == msg
+
+        assert all(await asyncio.gather(*(one(i) for i in range(50))))
+        assert _sample(proxies, "edgebed_link_connections_total", link="j") == 50
+
+    run(_with_links({"j": {"delay_ms": 10, "jitter_ms": 5}}, body))
