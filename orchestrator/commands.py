@@ -77,7 +77,10 @@ def _run(args: argparse.Namespace) -> int:
                     raise ValueError(f"--policy must be one of {sorted(POLICIES)}, got {name!r}")
                 chosen.append(by_name.get(name, NamedSpec(name=name)))
             updates["policies"] = chosen
-        replay_updates: dict[str, Any] = {"progress": not args.no_progress}
+        replay_updates: dict[str, Any] = {
+            "progress": not args.no_progress,
+            "realtime": args.realtime,
+        }
         if args.concurrency is not None:
             replay_updates["concurrency"] = args.concurrency
         updates["replay"] = cfg.replay.model_copy(update=replay_updates)
@@ -132,5 +135,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="serve the orchestrator's Prometheus metrics on this port during the run",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="run the replay loop under SCHED_FIFO (root) for precise send times",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=_run)

@@ -11,8 +11,11 @@ Records are handed to subscribers (CSV writer, metrics, progress bar) as they fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +46,7 @@ class ReplaySettings(BaseModel):
     start_lead_s: float = Field(0.05, ge=0, le=60)  # first intended send this long after start
     spin_s: float = Field(0.002, ge=0, le=0.05)  # yield-spin this close to a send time
     progress: bool = True
+    realtime: bool = False  # run the replay loop under SCHED_FIFO (root) for precise sends
 
     def request_timeout_s(self, deadline_ms: float) -> float:
         return min(
@@ -94,6 +98,24 @@ def make_client(concurrency: int, n_tiers: int = 3) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=coalescing_transport(limits), trust_env=False, timeout=httpx.Timeout(30.0)
     )
+
+
+@contextlib.contextmanager
+def realtime_priority(enabled: bool, priority: int = 10) -> Iterator[str]:
+    """SCHED_FIFO for the calling thread while inside (needs root); yields what happened."""
+    if not enabled:
+        yield "off"
+        return
+    try:
+        before = os.sched_getscheduler(0), os.sched_getparam(0)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError, AttributeError) as exc:
+        yield f"unavailable: {exc}"
+        return
+    try:
+        yield f"SCHED_FIFO priority {priority}"
+    finally:
+        os.sched_setscheduler(0, before[0], before[1])
 
 
 async def _sleep_until(t_target: float, spin_s: float) -> None:
@@ -231,6 +253,38 @@ async def replay(
     settings = settings or ReplaySettings()
     results: list[PassStats] = []
     origin = time.perf_counter()
+    with realtime_priority(settings.realtime) as sched:
+        if settings.realtime and not sched.startswith("SCHED_FIFO"):
+            print(f"replay: realtime scheduling {sched}", file=sys.stderr)
+        await _replay_passes(
+            requests,
+            schedule,
+            policies,
+            targets,
+            energy_model,
+            settings,
+            predictor_factory,
+            sinks,
+            on_pass_start,
+            results,
+            origin,
+        )
+    return results
+
+
+async def _replay_passes(
+    requests: Sequence[Request],
+    schedule: np.ndarray | None,
+    policies: Sequence[tuple[str, Policy]],
+    targets: dict[str, str],
+    energy_model: EnergyModel,
+    settings: ReplaySettings,
+    predictor_factory: Callable[[], LatencyPredictor],
+    sinks: Sequence[RecordSink],
+    on_pass_start: Callable[[str], None] | None,
+    results: list[PassStats],
+    origin: float,
+) -> None:
     async with make_client(settings.concurrency, len(targets)) as client:
         for label, policy in policies:
             if on_pass_start is not None:
@@ -265,4 +319,3 @@ async def replay(
                 )
             finally:
                 bar.close()
-    return results

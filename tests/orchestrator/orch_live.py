@@ -3,18 +3,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from models.paths import eval_set_path, models_dir
 
@@ -54,42 +47,3 @@ def start_tiers(
             start_tier(tier, device_time=device_time, config_overrides=cfg, ready_timeout_s=60)
         )
     return out
-
-
-@contextmanager
-def link_proxy(links: dict[str, dict[str, Any]], seed: int = 5) -> Iterator[dict[str, str]]:
-    """Run ``python -m netem.proxy`` for ``links`` ({name: LinkSpec fields with target});
-    yields {name: "http://host:port", "control": control API URL}; stops the proxy after."""
-    doc = {
-        "links": {n: {"listen": "127.0.0.1:0", **spec} for n, spec in links.items()},
-        "seed": seed,
-        "control": "127.0.0.1:0",
-    }
-    fd, path = tempfile.mkstemp(prefix="edgebed-links-", suffix=".yaml")
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(doc, fh)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "netem.proxy", "--config", path],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if not line:
-            err = proc.stderr.read() if proc.stderr else ""
-            raise RuntimeError(f"link proxy did not start: {err[-2000:]}")
-        ready = json.loads(line)
-        urls = {name: f"http://{addr}" for name, addr in ready["links"].items()}
-        urls["control"] = ready["control"]
-        yield urls
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        Path(path).unlink(missing_ok=True)
