@@ -19,8 +19,9 @@ suite=bookworm
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 cache="${EDGEBED_CACHE_DIR:-$repo_root/.edgebed/cache}"
 packages="python3,python3-venv,python3-pip,ca-certificates${extra:+,$extra}"
-# The cache key covers this script too: a change in how the root filesystem is made rebuilds it.
-key="$( (printf '%s' "$suite $mirror $packages"; cat "${BASH_SOURCE[0]}") | sha256sum | cut -c1-12)"
+# Bump recipe when the way the root filesystem is made changes: the cached tarball is rebuilt.
+recipe=2
+key="$(printf '%s' "$recipe $suite $mirror $packages" | sha256sum | cut -c1-12)"
 tarball="$cache/rootfs-$suite-$key.tar"
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -46,6 +47,7 @@ if [[ ! -s "$tarball" ]]; then
         "$rootfs"/tmp/* "$rootfs"/root/.cache
     tar --numeric-owner -C "$rootfs" -cf "$tarball.part" .
     mv "$tarball.part" "$tarball"
+    find "$cache" -maxdepth 1 -name "rootfs-$suite-*.tar" ! -name "$(basename "$tarball")" -delete
     rm -rf "$rootfs"
     trap - EXIT
 fi

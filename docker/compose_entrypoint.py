@@ -192,7 +192,9 @@ def proxy_topology(
                 "target": hostport(tier_urls[spec.dst.upper()]),
             }
         )
-        doc_links[name] = filled.model_dump(mode="json", exclude_none=True)
+        # rtt_range_ms is shorthand already expanded into up/down: the proxy takes one form
+        doc_links[name] = filled.model_dump(mode="json", exclude_none=True,
+                                            exclude={"rtt_range_ms"})
     return {"links": doc_links, "seed": seed, "control": f"0.0.0.0:{control_port}"}
 
 
