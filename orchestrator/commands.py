@@ -90,7 +90,18 @@ def _run(args: argparse.Namespace) -> int:
     except (ExperimentError, ValueError) as exc:
         print(f"edgebed run: {exc}", file=sys.stderr)
         return 2
-    result = run_experiment(cfg, args.out, plots=not args.no_plots)
+    run_info = {
+        "stack": {
+            "kind": "edgebed run (tiers and links managed elsewhere)",
+            "experiment_file": str(args.config),
+            "target_urls": cfg.targets,
+        },
+        "link_backend": {
+            "backend": "not managed by edgebed run",
+            "configured_links": {n: s.describe() for n, s in exp.links.items()},
+        },
+    }
+    result = run_experiment(cfg, args.out, plots=not args.no_plots, run_info=run_info)
     print(format_summary(result.summary))
     print(f"\nrun directory: {result.run_dir}")
     if result.interrupted:

@@ -63,11 +63,11 @@ class RadioModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tx_power_mw: float = Field(600.0, ge=0)
-    rx_power_mw: float = Field(300.0, ge=0)
-    wait_power_mw: float = Field(100.0, ge=0)
-    uplink_kbps: float = Field(6000.0, gt=0)
-    downlink_kbps: float = Field(6000.0, gt=0)
+    tx_power_mw: float = Field(default=600.0, ge=0)
+    rx_power_mw: float = Field(default=300.0, ge=0)
+    wait_power_mw: float = Field(default=100.0, ge=0)
+    uplink_kbps: float = Field(default=6000.0, gt=0)
+    downlink_kbps: float = Field(default=6000.0, gt=0)
     local_tier: str = "MCU"  # attempts on this tier run on the device itself: no radio
 
 

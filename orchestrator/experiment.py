@@ -64,8 +64,8 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "run"
-    seeds: Seeds = Field(default_factory=Seeds)
-    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    seeds: Seeds = Field(default_factory=lambda: Seeds())
+    workload: WorkloadSpec = Field(default_factory=lambda: WorkloadSpec())
     arrival: NamedSpec = Field(default_factory=lambda: NamedSpec(name="serial"))
     policies: list[NamedSpec] = Field(
         default_factory=lambda: [NamedSpec(name=p) for p in DEFAULT_POLICIES], min_length=1
@@ -79,9 +79,9 @@ class RunConfig(BaseModel):
     rtt_ms: dict[str, float] = Field(
         default_factory=lambda: {t: (lo + hi) / 2 for t, (lo, hi) in SIM_RTT_RANGE_MS.items()}
     )
-    ewma_alpha: float = Field(0.2, ge=0, le=1)
-    replay: ReplaySettings = Field(default_factory=ReplaySettings)
-    metrics_port: int | None = Field(None, ge=0, le=65535)  # None: no server; 0: any free port
+    ewma_alpha: float = Field(default=0.2, ge=0, le=1)
+    replay: ReplaySettings = Field(default_factory=lambda: ReplaySettings())
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # None: no server; 0: any free port
     metrics_addr: str = "127.0.0.1"
 
     @field_validator("seeds", mode="before")

@@ -39,12 +39,12 @@ class ReplaySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    concurrency: int = Field(32, ge=1, le=10_000)
-    timeout_factor: float = Field(4.0, gt=0, le=1000)  # request budget = factor × deadline ...
-    timeout_min_s: float = Field(1.0, gt=0, le=3600)  # ... but at least this ...
-    timeout_max_s: float = Field(120.0, gt=0, le=3600)  # ... and at most this
-    start_lead_s: float = Field(0.05, ge=0, le=60)  # first intended send this long after start
-    spin_s: float = Field(0.002, ge=0, le=0.05)  # yield-spin this close to a send time
+    concurrency: int = Field(default=32, ge=1, le=10_000)
+    timeout_factor: float = Field(default=4.0, gt=0, le=1000)  # request budget = factor × deadline ...
+    timeout_min_s: float = Field(default=1.0, gt=0, le=3600)  # ... but at least this ...
+    timeout_max_s: float = Field(default=120.0, gt=0, le=3600)  # ... and at most this
+    start_lead_s: float = Field(default=0.05, ge=0, le=60)  # first intended send this long after start
+    spin_s: float = Field(default=0.002, ge=0, le=0.05)  # yield-spin this close to a send time
     progress: bool = True
     realtime: bool = False  # run the replay loop under SCHED_FIFO (root) for precise sends
 

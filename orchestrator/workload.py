@@ -43,12 +43,12 @@ class Seeds(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workload: int = Field(0, ge=0)
-    arrivals: int = Field(1, ge=0)
-    images: int = Field(2, ge=0)
-    prompts: int = Field(3, ge=0)
-    lm_quality: int = Field(4, ge=0)
-    links: int = Field(5, ge=0)
+    workload: int = Field(default=0, ge=0)
+    arrivals: int = Field(default=1, ge=0)
+    images: int = Field(default=2, ge=0)
+    prompts: int = Field(default=3, ge=0)
+    lm_quality: int = Field(default=4, ge=0)
+    links: int = Field(default=5, ge=0)
 
     @classmethod
     def from_base(cls, base: int) -> Seeds:
@@ -67,16 +67,16 @@ class WorkloadSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int = Field(10, ge=1, le=1_000_000)
-    easy_ratio: float = Field(0.6, ge=0.0, le=1.0)
-    deadline_lo_ms: int = Field(20, ge=1)
-    deadline_hi_ms: int = Field(120, ge=1)
-    lm_ratio: float = Field(0.2, ge=0.0, le=1.0)
-    lm_long_ratio: float = Field(0.4, ge=0.0, le=1.0)
-    lm_deadline_extra_lo_ms: int = Field(2000, ge=0)
-    lm_deadline_extra_hi_ms: int = Field(13000, ge=0)
-    short_max_tokens: int = Field(32, ge=1, le=4096)
-    long_max_tokens: int = Field(128, ge=1, le=4096)
+    n: int = Field(default=10, ge=1, le=1_000_000)
+    easy_ratio: float = Field(default=0.6, ge=0.0, le=1.0)
+    deadline_lo_ms: int = Field(default=20, ge=1)
+    deadline_hi_ms: int = Field(default=120, ge=1)
+    lm_ratio: float = Field(default=0.2, ge=0.0, le=1.0)
+    lm_long_ratio: float = Field(default=0.4, ge=0.0, le=1.0)
+    lm_deadline_extra_lo_ms: int = Field(default=2000, ge=0)
+    lm_deadline_extra_hi_ms: int = Field(default=13000, ge=0)
+    short_max_tokens: int = Field(default=32, ge=1, le=4096)
+    long_max_tokens: int = Field(default=128, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _ranges(self) -> WorkloadSpec:
