@@ -92,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--start-rate-rps", type=float, default=25.0)
     p.add_argument(
+        "--agreement-n",
+        type=int,
+        default=500,
+        help="requests for the simulator-agreement check (0 = skip it)",
+    )
+    p.add_argument(
         "--realtime",
         action="store_true",
         help="replay loop under SCHED_FIFO (root): precise sends on a busy host",
