@@ -8,9 +8,10 @@ from services.tier.config import TierConfig
 from services.tier.runtime import TierRuntime
 
 
-def get_runtime(request: Request) -> TierRuntime:
+# ``async def``: FastAPI would run a plain ``def`` dependency on a worker thread per request.
+async def get_runtime(request: Request) -> TierRuntime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
-def get_config(request: Request) -> TierConfig:
+async def get_config(request: Request) -> TierConfig:
     return request.app.state.runtime.cfg  # type: ignore[no-any-return]

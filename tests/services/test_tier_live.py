@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 import numpy as np
@@ -178,7 +179,10 @@ def test_generate_is_deterministic_and_labelled(real_tiers: dict[str, TierProces
     assert da["emulated"] == {"device_time": True, "energy": True, "lm": True}
     # fast LM profile of the fixture: ttft 2 ms + 127 × 0.01 ms
     assert da["timing"]["target_ms"] == pytest.approx(2.0 + 127 * 0.01)
-    assert abs(da["timing"]["total_ms"] - da["timing"]["target_ms"]) < 1.0, da["timing"]
+    # held at least the emulated time; late by < 1 ms (10 ms on an overloaded host)
+    late_ms = da["timing"]["total_ms"] - da["timing"]["target_ms"]
+    overloaded = os.getloadavg()[0] > (os.cpu_count() or 1)
+    assert -0.05 <= late_ms < (10.0 if overloaded else 1.0), da["timing"]
     short = httpx.post(f"{url}/v1/generate", json={"model": "llm", "max_tokens": 8}).json()
     assert short["length"] == "short" and short["tokens"] == 8 and short["quality"] == 0.90
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends
+from pydantic_core import to_json
 from starlette.responses import Response, StreamingResponse
 
 from services.tier import lm
@@ -51,7 +52,7 @@ async def generate(
     except Exception:
         runtime.metrics.count(req.model, "server_error")
         raise
-    return Response(json.dumps(result).encode(), media_type="application/json")
+    return Response(to_json(result), media_type="application/json")
 
 
 def _stream(req: GenerateRequest, runtime: TierRuntime, t_arrive: float) -> StreamingResponse:
