@@ -62,7 +62,7 @@ def main() -> int:
     print(f"guest clock: {clock}; probes per delay check: {args.n}; host load average "
           f"{Path('/proc/loadavg').read_text().split()[0]} (figures measured under that load)")
     result = kvmcheck.run_checks(
-        n=args.n, n_loss=args.n_loss, accel=accel,
+        n=args.n, n_loss=args.n_loss, accel=args.accel,
         icount_shift=ICOUNT_SHIFT if clock == "icount" else None,
         parallel=args.parallel, timeout_s=args.timeout_s, echo=args.echo)
     print(kvmcheck.format_result(result))

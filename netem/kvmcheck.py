@@ -304,6 +304,7 @@ def guest_main(plan_path: Path, out_path: Path) -> int:
     try:
         report["tc_version"] = _run(["tc", "-V"], check=False)
         report["setup"] = [_run(argv) for argv in plan["setup"]]
+        print("EDGEBED-PHASE-SETUP-DONE", flush=True)
         me = [plan["python"], "-m", "netem.kvmcheck"]
         server = subprocess.Popen(
             ["ip", "netns", "exec", SERVER_NS, *me, "serve", "--ips", *plan["server_ips"],
@@ -313,12 +314,14 @@ def guest_main(plan_path: Path, out_path: Path) -> int:
         ready = server.stdout.readline()
         if not ready:
             raise RuntimeError("echo server in the server namespace did not start")
+        print("EDGEBED-PHASE-SERVER-READY", flush=True)
         client = subprocess.run(
             ["ip", "netns", "exec", CLIENT_NS, *me, "client", "--plan", str(plan_path)],
             capture_output=True, text=True, check=False)
         if client.returncode != 0:
             raise RuntimeError(f"client failed ({client.returncode}): {client.stderr.strip()}")
         report["client"] = json.loads(client.stdout)
+        print("EDGEBED-PHASE-CLIENT-DONE", flush=True)
         report["ok"] = True
     except Exception as exc:
         report["ok"] = False
@@ -378,8 +381,7 @@ def run_checks(*, n: int = 500, n_loss: int = 1000, accel: str = "auto",
         "accel_reason": guest.accel_reason,
         "kernel": guest.kernel_version,
         "guest_returncode": guest.returncode,
-        "timings_s": {"total": total_s, "qemu_wall": guest.wall_s, "boot_to_command": guest.boot_s,
-                      **guest.timings},
+        "timings_s": {"total": total_s, "qemu_wall": guest.wall_s, **guest.timings},
         "io_dir": str(io_dir),
     }
     if raw is None or not raw.get("ok"):
@@ -469,8 +471,10 @@ def format_result(result: dict[str, Any]) -> str:
     lines = [f"guest: kernel {result.get('kernel')} accel {result.get('accel')} "
              f"({result.get('accel_reason')}); guest clock: {result.get('clock')}"]
     t = result.get("timings_s", {})
-    lines.append("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()
-                                          if isinstance(v, float)))
+    lines.append("timings (host wall clock): " + ", ".join(
+        f"{k} {v:.1f} s" for k, v in t.items() if isinstance(v, float) and "uptime" not in k))
+    lines.append("guest clock: " + ", ".join(
+        f"{k} {v:.1f} s" for k, v in t.items() if isinstance(v, float) and "uptime" in k))
     if not result.get("ok") and "delay" not in result:
         lines.append(f"FAILED: {result.get('error')}")
         return "\n".join(lines)

@@ -92,7 +92,7 @@ class GuestResult:
     output: str  # the command's stdout+stderr
     console: str  # everything on the guest's serial console (kernel, init, command)
     io_dir: Path  # host directory shared as /mnt/edgebed; results in io_dir / "out"
-    boot_s: float | None  # guest uptime when the command started
+    boot_s: float | None  # guest uptime when the command started (guest clock)
     wall_s: float  # host wall time from qemu start to qemu exit
     qemu_returncode: int | None
     accel: str = "kvm"
@@ -544,6 +544,7 @@ def run_in_guest(
     )
     boot_started = time.monotonic()
     lines: list[str] = []
+    marks: list[tuple[str, float]] = []  # (marker, host seconds since qemu started)
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -554,6 +555,8 @@ def run_in_guest(
         for raw in proc.stdout:
             line = raw.decode(errors="replace").replace("\r", "")
             lines.append(line)
+            if line.startswith("EDGEBED-"):
+                marks.append((line.split()[0], time.monotonic() - boot_started))
             if echo:
                 sys.stderr.write(line)
                 sys.stderr.flush()
@@ -589,7 +592,9 @@ def run_in_guest(
         kernel_version=kernel.version,
         timings={
             "initramfs_s": initramfs_s,
-            **{f"uptime_{k.lower()}_s": v for k, v in uptimes.items()},
+            **{f"wall_{m.removeprefix('EDGEBED-').lower().replace('-', '_')}_s": t
+               for m, t in marks},
+            **{f"guest_uptime_{k.lower()}_s": v for k, v in uptimes.items()},
         },
     )
 
