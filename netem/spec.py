@@ -208,6 +208,10 @@ class DirectionSpec(BaseModel):
 ZERO = DirectionSpec()
 
 
+def _as_direction(value: Any) -> DirectionSpec:
+    return value if isinstance(value, DirectionSpec) else DirectionSpec.model_validate(value)
+
+
 class LinkSpec(BaseModel):
     """A link between two named endpoints, with one :class:`DirectionSpec` per direction.
 
@@ -245,13 +249,17 @@ class LinkSpec(BaseModel):
                 _within(name, float(v), 0, MAX_DELAY_MS)
             if lo > hi:
                 raise ValueError(f"rtt_range_ms[1] must be within {lo}..60000 (>= lo), got {hi}")
-            if "up" in data or "down" in data or shared.keys() & {"delay_ms", "jitter_ms"}:
-                raise ValueError("rtt_range_ms cannot be combined with up/down/delay_ms/jitter_ms")
+            if shared.keys() & {"delay_ms", "jitter_ms"}:
+                raise ValueError("rtt_range_ms cannot be combined with delay_ms/jitter_ms")
             up = {"delay_ms": (lo + hi) / 2, "jitter_ms": (hi - lo) / 2,
                   "distribution": "uniform", "integer_ms": True}
             rest = {k: v for k, v in shared.items() if k not in ("distribution", "integer_ms")}
-            data["up"] = {**rest, **up}
-            data["down"] = dict(rest)
+            expected = {"up": {**rest, **up}, "down": dict(rest)}
+            for d in ("up", "down"):  # a dumped spec (rtt_range_ms + its up/down) round-trips
+                given = data.get(d)
+                if given is not None and _as_direction(given) != _as_direction(expected[d]):
+                    raise ValueError(f"rtt_range_ms cannot be combined with a different {d}")
+            data["up"], data["down"] = expected["up"], expected["down"]
             data["rtt_range_ms"] = (int(lo), int(hi))
             return data
         for d in ("up", "down"):

@@ -138,3 +138,6 @@ def test_topology_helpers() -> None:
     link = topo.links["device-edge"]
     again = LinkSpec.model_validate(link.model_dump(exclude={"rtt_range_ms"}))
     assert again.up == link.up and again.down == link.down
+    assert LinkSpec.model_validate(link.model_dump(mode="json")) == link  # full round trip
+    with pytest.raises(ValidationError, match="cannot be combined with a different up"):
+        LinkSpec.model_validate({"rtt_range_ms": [5, 15], "up": {"delay_ms": 3}})
