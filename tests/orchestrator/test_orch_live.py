@@ -315,3 +315,29 @@ def test_ctrl_c_keeps_what_was_recorded(real_tiers: dict[str, Any], tmp_path: Pa
     pd.testing.assert_frame_equal(
         read_summary(out), summarize_csv(out), check_exact=False, rtol=1e-5, check_dtype=False
     )
+
+
+def test_full_tier_queue_503_is_recorded(tmp_path: Path) -> None:
+    """An MCU serving one request at a time with room for one waiting answers 503 to a burst;
+    every 503 is a record with outcome ``overloaded``, the rest are answered."""
+    require_artifacts()
+    from services.tier.process import start_tier
+
+    overrides = {"concurrency": 1, "queue_limit": 1, "models": {"tinycnn": {"latency_ms": 50}}}
+    with start_tier("mcu", device_time="profile", config_overrides=overrides,
+                    ready_timeout_s=60) as mcu:  # fmt: skip
+        result = run_experiment({
+            "workload": {"n": 40, "lm_ratio": 0.0},
+            "arrival": {"name": "constant", "params": {"rate_rps": 200}},
+            "policies": ["always_local"],
+            "targets": {"MCU": mcu.url},
+            "replay": {"progress": False, "timeout_min_s": 20.0},
+        }, tmp_path / "run", plots=False)  # fmt: skip
+    rec = read_records(result.run_dir)
+    assert sorted(rec["id"]) == list(range(40))
+    counts = rec["outcome"].value_counts().to_dict()
+    assert counts.get("overloaded", 0) >= 10 and counts.get("ok", 0) >= 2, counts
+    assert set(counts) <= {"ok", "overloaded"}, counts
+    for _, row in rec[rec["outcome"] == "overloaded"].iterrows():
+        assert json.loads(row["attempts_json"])[0]["status_code"] == 503
+        assert not row["deadline_met"] and pd.isna(row["latency_ms"])
