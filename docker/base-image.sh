@@ -52,7 +52,15 @@ if [[ ! -s "$tarball" ]]; then
     trap - EXIT
 fi
 
+# Import only when the tag does not already hold this tarball: a re-import makes a new image ID,
+# which would invalidate every build cache layer on top of it.
+if docker image inspect --format '{{json .Config.Env}}' "$tag" 2>/dev/null \
+        | grep -q "\"EDGEBED_ROOTFS=$key\""; then
+    echo "$tag"
+    exit 0
+fi
 docker import \
+    --change "ENV EDGEBED_ROOTFS=$key" \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["/bin/bash"]' \

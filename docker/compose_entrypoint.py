@@ -287,8 +287,8 @@ def probe_fidelity(links: Links, exp: Any, n: int) -> dict[str, Any]:
     for name, target in links.probe_targets.items():
         spec = exp.links[name]
         try:
-            samples = asyncio.run(measure_rtts(target, n, mode="http", path="/healthz",
-                                               concurrency=4))
+            # one probe at a time: concurrent probes would queue behind each other on a tier
+            samples = asyncio.run(measure_rtts(target, n, mode="http", path="/healthz"))
             baseline = None
             if name in links.baseline_targets:
                 direct = asyncio.run(measure_rtts(links.baseline_targets[name], 20,

@@ -90,8 +90,8 @@ POLICY_PANELS: list[Panel] = [
     (
         "Finished requests per second, per policy",
         "timeseries", "reqps",
-        [("sum by (policy) (rate(" + orch("edgebed_orchestrator_requests_total")
-          + "[$__rate_interval]))", "{{policy}}")],
+        [("sum by (policy) (rate(edgebed_orchestrator_requests_total{" + POL
+          + "}[$__rate_interval])" + RUN + ")", "{{policy}}")],
         "Replay progress over time.",
         False,
     ),
