@@ -621,8 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.action == "fetch-kernel":
         started = time.monotonic()
-        kernel = fetch_debian_kernel()
-        print(f"kernel {kernel.version}: {kernel.vmlinuz} ({time.monotonic() - started:.1f} s)")
+        fetched = fetch_debian_kernel()
+        print(f"kernel {fetched.version}: {fetched.vmlinuz} ({time.monotonic() - started:.1f} s)")
         return 0
     if args.action == "check":
         reason = guest_unavailable_reason()
