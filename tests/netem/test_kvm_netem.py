@@ -109,13 +109,13 @@ def test_module_load_order_resolves_dependencies() -> None:
 
 
 @pytest.fixture(scope="module")
-def guest_checks() -> dict[str, Any]:
+def guest_checks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     reason = _live_skip_reason()
     if reason:
         pytest.skip(reason)
     accel, icount = _clock()
     result = kvmcheck.run_checks(n=500, n_loss=1000, accel=accel, icount_shift=icount,
-                                 timeout_s=1500)
+                                 timeout_s=1500, io_dir=tmp_path_factory.mktemp("kvmcheck"))
     print(kvmcheck.format_result(result))
     if "delay" not in result:
         pytest.fail(f"guest checks did not run: {result.get('error')}")
@@ -179,7 +179,7 @@ def test_netem_loss_ratio(guest_checks: dict[str, Any]) -> None:
 @pytest.mark.root
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_guest_reports_exit_status_and_output() -> None:
+def test_guest_reports_exit_status_and_output(tmp_path: Path) -> None:
     reason = _live_skip_reason()
     if reason:
         pytest.skip(reason)
@@ -187,7 +187,7 @@ def test_guest_reports_exit_status_and_output() -> None:
     res = kvmguest.run_in_guest(
         ["sh", "-c", "uname -r; grep -c . /proc/modules >/dev/null; echo edgebed-out > "
          "$EDGEBED_GUEST_OUT/f; echo to-stderr >&2; exit 3"],
-        accel=accel, icount_shift=icount, timeout_s=800)
+        accel=accel, icount_shift=icount, timeout_s=800, io_dir=tmp_path / "io")
     kernel = kvmguest.find_kernel()
     assert kernel is not None
     assert res.returncode == 3, res.console[-2000:]
