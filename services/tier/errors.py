@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,7 +40,7 @@ def error_response(
     )
 
 
-def _loc_to_field(loc: tuple[int | str, ...] | list[int | str]) -> str:
+def _loc_to_field(loc: Any) -> str:
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
@@ -57,7 +58,7 @@ async def _api_error(_: Request, exc: Exception) -> Response:
 async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
+    first: Any = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": ""}
     field = _loc_to_field(first.get("loc", ("body",)))
     if first.get("type") == "json_invalid":
         return error_response(

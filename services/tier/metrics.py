@@ -32,29 +32,34 @@ class TierMetrics:
             "edgebed_requests", "Requests answered by the tier, by model and outcome",
             ["tier", "model", "outcome"], registry=registry,
         )  # fmt: skip
-        h = {"buckets": TIME_BUCKETS_S, "registry": registry}
         self.queue_s = Histogram(
             "edgebed_queue_seconds",
             "Real time waiting for a free device slot",
             ["tier", "model"],
-            **h,
+            buckets=TIME_BUCKETS_S,
+            registry=registry,
         )
         self.compute_s = Histogram(
             "edgebed_compute_seconds",
             "Real LiteRT compute time on this host",
             ["tier", "model"],
-            **h,
+            buckets=TIME_BUCKETS_S,
+            registry=registry,
         )
         self.emulated_s = Histogram(
             "edgebed_emulated_seconds",
             "Device time the request was held for (emulated in profile mode)",
             ["tier", "model"],
-            **h,
+            buckets=TIME_BUCKETS_S,
+            registry=registry,
         )
         self.service_s = Histogram(
-            "edgebed_service_seconds", "Time inside the server per answered request",
-            ["tier", "model"], **h,
-        )  # fmt: skip
+            "edgebed_service_seconds",
+            "Time inside the server per answered request",
+            ["tier", "model"],
+            buckets=TIME_BUCKETS_S,
+            registry=registry,
+        )
         self.energy_j = Counter(
             "edgebed_energy_joules", "Emulated energy of answered requests, per energy model",
             ["tier", "model", "energy_model"], registry=registry,

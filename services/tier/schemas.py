@@ -11,7 +11,7 @@ from services.tier.inputs import IMAGE_PIXELS, IMAGE_SIDE
 MAX_PROMPT_CHARS = 8192
 MAX_TOKENS = 4096
 
-_PIXEL = {"type": "number", "minimum": 0, "maximum": 255}
+_PIXEL: Any = {"type": "number", "minimum": 0, "maximum": 255}
 
 
 class InferRequest(BaseModel):
