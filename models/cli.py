@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--seed", type=int, default=1234)
     tr.add_argument("--train-limit", type=int, default=None, help="use only this many training images (smoke tests)")
     tr.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every model's epochs (smoke tests)")
+    tr.add_argument("--only", action="append", choices=["fp32", "int8", "tinycnn"],
+                    help="retrain only this model (repeatable); the others' files and entries are kept")
     tr.add_argument("--eval-only", action="store_true",
                     help="keep the trained models; rebuild only the evaluation set and the manifest's figures")
     tr.set_defaults(func=_train)
