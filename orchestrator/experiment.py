@@ -81,7 +81,9 @@ class RunConfig(BaseModel):
     )
     ewma_alpha: float = Field(default=0.2, ge=0, le=1)
     replay: ReplaySettings = Field(default_factory=lambda: ReplaySettings())
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # None: no server; 0: any free port
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535
+    )  # None: no server; 0: any free port
     metrics_addr: str = "127.0.0.1"
 
     @field_validator("seeds", mode="before")

@@ -40,10 +40,14 @@ class ReplaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     concurrency: int = Field(default=32, ge=1, le=10_000)
-    timeout_factor: float = Field(default=4.0, gt=0, le=1000)  # request budget = factor × deadline ...
+    timeout_factor: float = Field(
+        default=4.0, gt=0, le=1000
+    )  # request budget = factor × deadline ...
     timeout_min_s: float = Field(default=1.0, gt=0, le=3600)  # ... but at least this ...
     timeout_max_s: float = Field(default=120.0, gt=0, le=3600)  # ... and at most this
-    start_lead_s: float = Field(default=0.05, ge=0, le=60)  # first intended send this long after start
+    start_lead_s: float = Field(
+        default=0.05, ge=0, le=60
+    )  # first intended send this long after start
     spin_s: float = Field(default=0.002, ge=0, le=0.05)  # yield-spin this close to a send time
     progress: bool = True
     realtime: bool = False  # run the replay loop under SCHED_FIFO (root) for precise sends
@@ -85,6 +89,11 @@ class PassStats:
         }
 
 
+class _NoCookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
 def make_client(concurrency: int, n_tiers: int = 3) -> httpx.AsyncClient:
     """One pooled client for all tiers (one socket write per request, see ``transport``);
     never picks up proxies from the environment."""
@@ -95,9 +104,11 @@ def make_client(concurrency: int, n_tiers: int = 3) -> httpx.AsyncClient:
         max_keepalive_connections=concurrency * max(1, n_tiers) + 8,
         keepalive_expiry=2.0,
     )
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         transport=coalescing_transport(limits), trust_env=False, timeout=httpx.Timeout(30.0)
     )
+    client._cookies = _NoCookies()  # tiers set no cookies; the cookie jar costs per response
+    return client
 
 
 @contextlib.contextmanager
