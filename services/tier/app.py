@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.routing import Route
 
 from services.tier.config import TierConfig
 from services.tier.errors import install_error_handlers
@@ -48,6 +49,10 @@ def create_app(
     install_error_handlers(app)
     for router in (health.router, infer.router, generate.router, models.router, metrics.router):
         app.include_router(router)
+    # The hot path: /v1/infer reads its query, header and body by hand, so it is also mounted as
+    # a plain Starlette route ahead of FastAPI's (which stays for the OpenAPI document); this
+    # skips FastAPI's per-request dependency solving, ~20 % of a request's CPU.
+    app.router.routes.insert(0, Route("/v1/infer", infer.infer, methods=["POST"]))
     _document_served_models(app, tier_config)
     return app
 
