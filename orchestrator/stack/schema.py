@@ -156,7 +156,7 @@ class Experiment(BaseModel):
 
     @field_validator("tiers", mode="before")
     @classmethod
-    def _tier_sections(cls, v: Any) -> Any:
+    def _merge_tier_sections(cls, v: Any) -> Any:
         if not isinstance(v, dict):
             return v
         bad = [k for k in v if k not in TIER_NAMES]
@@ -236,7 +236,8 @@ def _field_at(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, Any]:
 
 
 def _range_text(info: Any) -> str | None:
-    lo = hi = None
+    lo: Any = None
+    hi: Any = None
     lo_op, hi_op = ">=", "<="
     for m in getattr(info, "metadata", []):
         if isinstance(m, annotated_types.Ge):
@@ -302,9 +303,9 @@ def _cross_check(exp: Experiment) -> list[str]:
     """References between sections: links and policies must name declared tiers and models."""
     problems: list[str] = []
     declared = sorted(exp.tiers)
-    for name, tier in exp.tiers.items():
+    for name, tier_cfg in exp.tiers.items():
         try:
-            tier.check_memory(models_dir())
+            tier_cfg.check_memory(models_dir())
         except TierConfigError as exc:
             problems.append(f"tiers.{name}.{exc}")
     for lname, link in exp.links.items():
@@ -339,8 +340,8 @@ def _cross_check(exp: Experiment) -> list[str]:
                 *(policy.lm_routes if exp.workload.lm_ratio > 0 else []),
             ]
         for route in routes:
-            tier, model = split_route(route)
-            tier = tier.lower()
+            tier_key, model = split_route(route)
+            tier = tier_key.lower()
             if tier not in exp.tiers:
                 problems.append(
                     f"policies[{i}] ({pol.name}): route {route} needs tier {tier!r}, which is not "
