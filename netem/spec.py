@@ -27,7 +27,6 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from scipy import integrate, stats
 
 Distribution = Literal["uniform", "normal", "pareto"]
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "normal", "pareto")
@@ -164,6 +163,7 @@ class DirectionSpec(BaseModel):
 
     # ---- law (for the fidelity probe) ---------------------------------------------------
     def _base_cdf(self, x: np.ndarray) -> np.ndarray:
+        from scipy import stats  # lazy: keeps `edgebed` start-up fast
         x = np.asarray(x, dtype=float)
         if self.jitter_ms == 0:
             return (x >= self.delay_ms).astype(float)
@@ -193,6 +193,7 @@ class DirectionSpec(BaseModel):
 
     def mean_ms(self) -> float:
         """Configured mean one-way delay in ms (clipping and loss penalty included)."""
+        from scipy import integrate, stats
         if self.jitter_ms == 0 or self.distribution == "uniform":
             base = self.delay_ms
         elif self.distribution == "normal":
@@ -361,6 +362,7 @@ def ks_1samp(samples: np.ndarray, cdf: Any, tol: float = 0.0) -> tuple[float, fl
     (``sup max(ECDF(x) - F(x + tol), F(x - tol) - ECDF(x-))``), so shifts up to ``tol`` — e.g.
     the sub-ms floor of a real path — are not resolved while shape errors still are.
     """
+    from scipy import stats
     x = np.sort(np.asarray(samples, dtype=float))
     n = len(x)
     if n == 0:

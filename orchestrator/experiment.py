@@ -27,7 +27,6 @@ from orchestrator.arrivals import make_schedule
 from orchestrator.client import Attempt
 from orchestrator.energy import make_energy_model
 from orchestrator.metrics import OrchestratorMetrics
-from orchestrator.plots import plot_run
 from orchestrator.policies import LatencyPredictor, Policy, make_policy
 from orchestrator.profiles import SIM_LATENCY_MS, SIM_RTT_RANGE_MS
 from orchestrator.records import RecordWriter, records_frame
@@ -199,6 +198,8 @@ def write_run_dir(
     write_summary(summary, d / "summary.csv")
     (d / "run.json").write_text(json.dumps(run_info, indent=2, default=str) + "\n")
     if plots and len(records):
+        from orchestrator.plots import plot_run  # lazy: matplotlib is slow to import
+
         plot_run(records, summary, d / "plots")
     return d
 
