@@ -1,4 +1,4 @@
-"""Shared pytest configuration: repository root and helpers for tests that need root."""
+"""Shared pytest configuration: repository root, root-only skips, and the suite's stray-process check."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from procutil import descendants, strays
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Processes that existed before any test ran: anything else still alive at the end is a stray.
+_BEFORE_SESSION = set(descendants(os.getpid()))
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +21,15 @@ def repo_root() -> Path:
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces / tc); run the suite as root to include it")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the whole run if any test of the suite left a child process running."""
+    stray = strays(_BEFORE_SESSION)
+    if stray:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = "\n".join(f"  pid {p}: {c}" for p, c in sorted(stray.items()))
+        msg = f"STRAY PROCESSES left running by the test suite:\n{lines}"
+        if reporter is not None:
+            reporter.write_line(msg, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -7,36 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from procutil import descendants
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO / "experiments" / "seed.yaml"
 
 
-def descendants(root: int) -> dict[int, str]:
-    """Live (non-zombie) descendants of ``root``: pid -> command line."""
-    children: dict[int, list[int]] = {}
-    cmd: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        rest = raw[raw.rindex(")") + 2 :].split()
-        if rest[0] in ("Z", "X"):
-            continue
-        pid, ppid = int(entry.name), int(rest[1])
-        children.setdefault(ppid, []).append(pid)
-        cmd[pid] = cmdline.strip()
-    out: dict[int, str] = {}
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out[child] = cmd.get(child, "")
-            todo.append(child)
-    return out
 
 
 def processes_mentioning(text: str) -> dict[int, str]:
