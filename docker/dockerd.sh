@@ -39,6 +39,12 @@ start)
         echo "export DOCKER_HOST=unix://$sock"
         exit 0
     fi
+    # dockerd sets the FORWARD policy to DROP and turns on IP forwarding; remember both so
+    # `stop` gives the host back as it was (other tests route between network namespaces).
+    if command -v iptables >/dev/null; then
+        iptables -S FORWARD 2>/dev/null | awk '$1 == "-P" {print $3}' >"$state/forward-policy" || true
+    fi
+    cat /proc/sys/net/ipv4/ip_forward >"$state/ip-forward" 2>/dev/null || true
     # One private engine at a time: it owns the docker0 bridge and its iptables chains.
     # containerd is started by dockerd itself (managed), under the exec root.
     setsid dockerd \
@@ -76,6 +82,13 @@ stop)
         sleep 0.5
     done
     rm -f "$pidfile"
+    if [[ -s "$state/forward-policy" ]] && command -v iptables >/dev/null; then
+        iptables -P FORWARD "$(cat "$state/forward-policy")" || true
+    fi
+    if [[ -s "$state/ip-forward" ]]; then
+        cat "$state/ip-forward" >/proc/sys/net/ipv4/ip_forward 2>/dev/null || true
+    fi
+    rm -f "$state/forward-policy" "$state/ip-forward"
     ;;
 status)
     if pid="$(running_pid)"; then
