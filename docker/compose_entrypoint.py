@@ -198,6 +198,10 @@ def proxy_topology(
     return {"links": doc_links, "seed": seed, "control": f"0.0.0.0:{control_port}"}
 
 
+class TcApplyError(RuntimeError):
+    """netem was available but shaping the interface failed."""
+
+
 @dataclass
 class Links:
     backend: str
@@ -239,7 +243,11 @@ def start_links(settings: Settings, exp: Any, tier_urls: dict[str, str],
             name: socket.gethostbyname(urlsplit(tier_urls[spec.dst.upper()]).hostname or "")
             for name, spec in links.items()
         }
-        tc.apply(links, settings.dev, peer_ips=peer_ips)
+        try:
+            tc.apply(links, settings.dev, peer_ips=peer_ips)
+        except (RuntimeError, OSError) as exc:  # e.g. no ifb device for ingress shaping
+            tc.clear(settings.dev)
+            raise TcApplyError(str(exc)) from exc
         probe = {n: hostport(tier_urls[s.dst.upper()]) for n, s in links.items()}
         return Links("tc", reason, dict(tier_urls), laws, probe, {}, dev=settings.dev)
     doc = proxy_topology(links, tier_urls, settings.links_first_port,
@@ -360,7 +368,14 @@ def run(settings: Settings) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     run_name = f"{stamp}-{exp.name}"
     run_dir = settings.runs_dir / run_name
-    links = start_links(settings, exp, tier_urls, backend, reason, Path("/tmp/edgebed"))
+    try:
+        links = start_links(settings, exp, tier_urls, backend, reason, Path("/tmp/edgebed"))
+    except TcApplyError as exc:
+        if settings.link_backend == "tc":
+            raise
+        reason = f"{reason}; but applying tc failed ({exc}): using the userspace proxy instead"
+        log(f"link backend proxy: {reason}")
+        links = start_links(settings, exp, tier_urls, "proxy", reason, Path("/tmp/edgebed"))
     stop = threading.Event()
     finished = False
 

@@ -253,3 +253,24 @@ def test_proxy_topology_is_a_valid_netem_topology() -> None:
         "device-mcu": ("127.0.0.1:9113", "mcu:8000"),
     }
     assert doc["control"] == "0.0.0.0:9101"
+
+
+def test_tc_shaping_failure_is_reported_and_leaves_the_interface_clean(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """netem present but e.g. no ifb device: start_links raises TcApplyError after clearing."""
+    from netem import tc
+    from orchestrator.stack.schema import load_experiment
+
+    cleared: list[str] = []
+
+    def failing_apply(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("ip link add ifb-eth0 type ifb failed (2): Operation not supported")
+
+    monkeypatch.setattr(tc, "apply", failing_apply)
+    monkeypatch.setattr(tc, "clear", lambda dev, **kw: cleared.append(dev))
+    monkeypatch.setattr(entry.socket, "gethostbyname", lambda host: "172.30.0.9")
+    exp = load_experiment(REPO / "experiments" / "seed.yaml")
+    tiers = {"MCU": "http://mcu:8000", "EDGE": "http://edge:8000", "CLOUD": "http://cloud:8000"}
+    with pytest.raises(entry.TcApplyError, match="Operation not supported"):
+        entry.start_links(entry.Settings(), exp, tiers, "tc", "test", REPO / "unused")
+    assert cleared == ["eth0"]
