@@ -60,20 +60,27 @@ class LiteRTModel:
         self.input_shape = tuple(int(d) for d in inp["shape"])
         self.input_quant = tuple(float(v) for v in inp["quantization"])  # (scale, zero_point)
         self.output_quant = tuple(float(v) for v in out["quantization"])
-        self.outputs_probabilities = True  # models end in softmax; kept for clarity
+        # uint8 pixels are the served path (binary bodies, the evaluation set): map each of the
+        # 256 values once through the same scaling/quantization as float input.
+        self._uint8_lut = self._prepare_flat(np.arange(256, dtype=np.float32) / np.float32(255.0))
 
     @property
     def quantized(self) -> bool:
         return self.input_dtype in (np.dtype(np.int8), np.dtype(np.uint8))
 
-    def _prepare(self, image01: np.ndarray) -> np.ndarray:
-        x = image01.reshape(self.input_shape)
+    def _prepare_flat(self, x01: np.ndarray) -> np.ndarray:
         if self.quantized:
             scale, zero = self.input_quant
             info = np.iinfo(self.input_dtype)
-            q = np.round(x / scale + zero)
+            q = np.round(x01 / scale + zero)
             return np.clip(q, info.min, info.max).astype(self.input_dtype)
-        return x.astype(self.input_dtype)
+        return x01.astype(self.input_dtype)
+
+    def _input_tensor(self, image: np.ndarray) -> np.ndarray:
+        arr = np.asarray(image)
+        if arr.dtype == np.uint8:
+            return self._uint8_lut[arr.reshape(self.input_shape)]
+        return self._prepare_flat(to_unit_float(arr)[0].reshape(self.input_shape))
 
     def _dequantize(self, raw: np.ndarray) -> np.ndarray:
         out = raw.reshape(-1).astype(np.float64)
@@ -84,7 +91,7 @@ class LiteRTModel:
 
     def probabilities(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Class probabilities for one image (uint8 0–255 or float 0–1) and the compute time."""
-        x = self._prepare(to_unit_float(image)[0])
+        x = self._input_tensor(image)
         with self._lock:
             t0 = time.perf_counter()
             self._interp.set_tensor(self._in_index, x)
@@ -92,13 +99,13 @@ class LiteRTModel:
             raw = self._interp.get_tensor(self._out_index).copy()
             elapsed = time.perf_counter() - t0
         probs = self._dequantize(raw)
+        # Dequantized int8 softmax output sums to ~1: renormalise so confidence is a proper
+        # max-probability (and fall back to a softmax should a model ever emit logits).
         total = probs.sum()
-        # Dequantized int8 softmax output sums to ~1; renormalise (and fall back to a softmax
-        # if a model ever emits logits) so confidence is a proper max-probability.
-        if total <= 0 or np.any(probs < -1e-6):
-            probs = _softmax(probs)
+        if total > 0 and probs.min() >= 0:
+            probs /= total
         else:
-            probs = np.clip(probs, 0.0, None) / total if total > 0 else probs
+            probs = _softmax(probs)
         return probs, elapsed
 
     def predict(self, image: np.ndarray) -> Prediction:
@@ -117,4 +124,5 @@ class LiteRTModel:
             self._interp.invoke()
 
     def prepared(self, image: np.ndarray) -> np.ndarray:
-        return self._prepare(to_unit_float(image)[0])
+        """The input tensor LiteRT receives for ``image`` (uint8 0–255 or float 0–1)."""
+        return self._input_tensor(image)

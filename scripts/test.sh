@@ -11,8 +11,9 @@ pipq() { "$1"/bin/pip install --disable-pip-version-check -q "${@:2}"; }
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pipq .venv -e '.[test]'
 
-echo "== ruff"
+echo "== ruff, mypy"
 .venv/bin/ruff check .
+.venv/bin/mypy models services netem orchestrator
 
 if [ "${EDGEBED_SKIP_TRAIN:-0}" != 1 ]; then
   echo "== training smoke test (train extra, TensorFlow)"

@@ -179,7 +179,7 @@ def main(args: argparse.Namespace) -> int:
         x_train, y_train = x_train[sel], y_train[sel]
     eval_set = build_eval_set(x_test, y_test, seed)
     eval_path = data_out / "mnist_eval.npz"
-    np.savez_compressed(eval_path, **eval_set)
+    np.savez_compressed(eval_path, **eval_set)  # type: ignore[arg-type]  # numpy stub: allow_pickle kw
     print(f"wrote {eval_path} ({eval_path.stat().st_size} bytes)")
 
     representative = x_train[np.random.default_rng(seed + 1).permutation(len(x_train))[:REPRESENTATIVE_SAMPLES]]
@@ -244,7 +244,7 @@ def _rebuild_eval(args: argparse.Namespace, describe_model, evaluate_model) -> i
     _, _, x_test, y_test = load_mnist(args.mnist)
     eval_set = build_eval_set(x_test, y_test, seed)
     eval_path = data_out / "mnist_eval.npz"
-    np.savez_compressed(eval_path, **eval_set)
+    np.savez_compressed(eval_path, **eval_set)  # type: ignore[arg-type]  # numpy stub: allow_pickle kw
     manifest["eval_set"].update(sha256=sha256(eval_path), corruption_version=CORRUPTION_VERSION,
                                 hard_severity=HARD_SEVERITY)
     for name, entry in manifest["models"].items():
