@@ -8,7 +8,8 @@
 #       default set (e.g. "prometheus" for edgebed/prometheus:bookworm).
 #
 # Environment: EDGEBED_CACHE_DIR (default .edgebed/cache under the repository, gitignored),
-# DEBIAN_MIRROR (default http://deb.debian.org/debian), DOCKER_HOST (the engine to import into).
+# DEBIAN_MIRROR (default: the first Debian archive in this host's apt sources), DOCKER_HOST (the
+# engine to import into).
 # Needs root and debootstrap (apt-get install debootstrap).
 set -euo pipefail
 
@@ -16,7 +17,16 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tag="${1:-edgebed/base:bookworm}"
 extra="${2:-}"
 suite=bookworm
-mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+host_mirror() {  # the first ".../debian" archive URI this host's apt already uses
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
+        2>/dev/null | grep -v '^[[:space:]]*#' | grep -oE '(https?|file)://[^ ]*/debian/?( |$)' \
+        | head -n 1 | tr -d ' ' | sed 's:/$::'
+}
+mirror="${DEBIAN_MIRROR:-$(host_mirror)}"
+if [[ -z "$mirror" ]]; then
+    echo "base-image.sh: no Debian archive in this host's apt sources; set DEBIAN_MIRROR" >&2
+    exit 2
+fi
 cache="${EDGEBED_CACHE_DIR:-$repo_root/.edgebed/cache}"
 packages="python3,python3-venv,python3-pip,ca-certificates${extra:+,$extra}"
 # Bump recipe when the way the root filesystem is made changes: the cached tarball is rebuilt.

@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "orchestrator.commands",
     "orchestrator.stack.cli",
 )
+_OWN_PACKAGES = {"models", "services", "netem", "orchestrator"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,14 +25,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Emulation testbed for edge-AI offloading (MCU / edge / cloud tiers).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    unavailable = []
     for name in _COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a package not built yet must not break the rest
-            if exc.name and name.startswith(exc.name):
-                continue
-            raise
+        except ModuleNotFoundError as exc:
+            # A slim install (the tier image holds no pandas/matplotlib) still gets the commands
+            # it can run; the others are named in --help with what they lack.
+            missing = (exc.name or "").split(".")[0]
+            if missing in _OWN_PACKAGES or not missing:
+                raise
+            unavailable.append(f"{name.split('.')[0]} commands (needs {missing})")
+            continue
         module.register(sub)
+    if unavailable:
+        parser.epilog = "Not available in this installation: " + "; ".join(unavailable) + "."
     return parser
 
 
