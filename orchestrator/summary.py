@@ -107,7 +107,7 @@ def summarize_csv(path: str | Path) -> pd.DataFrame:
 
 
 def write_summary(summary: pd.DataFrame, path: str | Path) -> None:
-    summary.to_csv(path, index=False, float_format="%.6f")
+    summary.to_csv(path, index=False, float_format="%.10g")  # significant digits, not decimals
 
 
 def read_summary(path: str | Path) -> pd.DataFrame:
