@@ -6,32 +6,31 @@ simulator-comparison tests. They describe the simulator; the testbed measures th
 
 from __future__ import annotations
 
-TIERS: tuple[str, ...] = ("MCU", "EDGE", "CLOUD")
-CV_MODELS: tuple[str, ...] = ("tinycnn", "int8", "fp32")
-LM_MODELS: tuple[str, ...] = ("slm", "llm")
+from services.tier import simulator as _tier_sim
 
+TIERS: tuple[str, ...] = ("MCU", "EDGE", "CLOUD")
+CV_MODELS: tuple[str, ...] = _tier_sim.VISION_MODELS
+LM_MODELS: tuple[str, ...] = _tier_sim.LM_MODELS
+
+# The simulator's per-tier tables live once, in services/tier/simulator.py (the tiers' defaults);
+# here they are keyed by route spelling ("EDGE") for the orchestrator.
 # Model latency on each tier in ms (simulator table). The cloud LLM uses CLOUD "slm" as base.
 SIM_LATENCY_MS: dict[str, dict[str, float]] = {
-    "MCU": {"fp32": 80.0, "int8": 25.0, "tinycnn": 7.0, "slm": 12000.0},
-    "EDGE": {"fp32": 22.0, "int8": 10.0, "tinycnn": 4.0, "slm": 4000.0},
-    "CLOUD": {"fp32": 12.0, "int8": 12.0, "tinycnn": 12.0, "slm": 1500.0, "llm": 1500.0},
+    t.upper(): dict(v) for t, v in _tier_sim.MODEL_LATENCY_MS.items()
 }
-SIM_ENERGY_FACTOR: dict[str, float] = {"MCU": 1.0, "EDGE": 1.4, "CLOUD": 1.9}
+SIM_ENERGY_FACTOR: dict[str, float] = {t.upper(): f for t, f in _tier_sim.ENERGY_FACTOR.items()}
 SIM_RTT_RANGE_MS: dict[str, tuple[int, int]] = {"MCU": (0, 0), "EDGE": (5, 15), "CLOUD": (30, 120)}
-SIM_ENERGY_MJ_PER_MS = 0.02
+SIM_ENERGY_MJ_PER_MS = _tier_sim.SIMULATOR_MJ_PER_MS
 # LM requests add a per-length overhead on top of the base (cloud vs on-device tiers).
 SIM_LM_EXTRA_MS: dict[str, dict[str, float]] = {
-    "CLOUD": {"short": 5.0, "long": 10.0},
-    "EDGE": {"short": 8.0, "long": 20.0},
-    "MCU": {"short": 8.0, "long": 20.0},
+    t.upper(): {"short": short, "long": long_} for t, (short, long_) in _tier_sim.LM_EXTRA_MS.items()
 }
 SIM_CV_ACCURACY: dict[str, dict[str, float]] = {
     "easy": {"fp32": 0.92, "int8": 0.88, "tinycnn": 0.80},
     "hard": {"fp32": 0.86, "int8": 0.80, "tinycnn": 0.70},
 }
 SIM_LM_QUALITY: dict[str, dict[str, float]] = {
-    "short": {"slm": 0.70, "llm": 0.90},
-    "long": {"slm": 0.60, "llm": 0.92},
+    length: {m: q[length] for m, q in _tier_sim.LM_QUALITY.items()} for length in ("short", "long")
 }
 
 
