@@ -18,9 +18,12 @@ tag="${1:-edgebed/base:bookworm}"
 extra="${2:-}"
 suite=bookworm
 host_mirror() {  # the first ".../debian" archive URI this host's apt already uses
-    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
-        2>/dev/null | grep -v '^[[:space:]]*#' | grep -oE '(https?|file)://[^ ]*/debian/?( |$)' \
-        | head -n 1 | tr -d ' ' | sed 's:/$::'
+    local f uris=""
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+        [[ -r "$f" ]] || continue
+        uris+="$(grep -v '^[[:space:]]*#' "$f" | grep -oE '(https?|file)://[^ ]*/debian/?( |$)' || true)"$'\n'
+    done
+    awk 'NF { sub(/[ \/]+$/, ""); print; exit }' <<<"$uris"
 }
 mirror="${DEBIAN_MIRROR:-$(host_mirror)}"
 if [[ -z "$mirror" ]]; then
