@@ -53,7 +53,7 @@ GUEST_OUT_DIR = GUEST_IO_DIR + "/out"
 # Modules the initramfs loads itself (with their dependencies) to reach the 9p root.
 BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz")
-_INIT_VERSION = "3"  # bump when the /init script changes so cached initramfs images rebuild
+_INIT_VERSION = "4"  # bump when the /init script changes so cached initramfs images rebuild
 
 
 class GuestError(RuntimeError):
@@ -333,9 +333,17 @@ mount -t devtmpfs devtmpfs $NR/dev || fail "mount devtmpfs"
 mkdir -p $NR/dev/pts $NR/dev/shm
 mount -t devpts devpts $NR/dev/pts
 mount -t tmpfs tmpfs $NR/dev/shm
-for d in tmp run var/tmp mnt; do mount -t tmpfs -o mode=1777 tmpfs $NR/$d || fail "tmpfs $d"; done
+for d in {' '.join(d.lstrip('/') for d in GUEST_TMPFS_DIRS)}; do mount -t tmpfs -o mode=1777 tmpfs $NR/$d || fail "tmpfs $d"; done
 mkdir -p $NR{GUEST_IO_DIR} $NR/run/edgebed/bin
 mount -t 9p -o $OPTS edgebedio $NR{GUEST_IO_DIR} || fail "mount 9p edgebedio"
+if [ -s $NR{GUEST_IO_DIR}/binds ]; then
+  # Host directories hidden by the tmpfs mounts above (a work tree under /tmp): bind them back.
+  mkdir -p /hostroot
+  mount -t 9p -o $OPTS,ro,cache=loose hostroot /hostroot || fail "mount 9p hostroot (binds)"
+  while read -r p; do
+    mkdir -p "$NR$p" && mount -o bind "/hostroot$p" "$NR$p" || fail "bind $p"
+  done < $NR{GUEST_IO_DIR}/binds
+fi
 if [ "$MODROOT" != "/" ]; then
   # The kernel's modules live outside /lib/modules on the read-only host root: point modprobe
   # there, for commands (PATH wrapper) and for the kernel's on-demand loading (PID 1's root is
@@ -497,6 +505,19 @@ sync
 _UPTIME = re.compile(r"EDGEBED-GUEST-(\w+)(?: rc=\d+)? uptime=([0-9.]+)")
 
 
+GUEST_TMPFS_DIRS = ("/tmp", "/run", "/var/tmp", "/mnt")
+
+
+def hidden_by_guest_tmpfs(paths: Iterable[Path]) -> list[str]:
+    """Those of ``paths`` that the guest's tmpfs mounts would hide (bound back from the host)."""
+    out = []
+    for p in paths:
+        resolved = str(Path(p).resolve())
+        if any(resolved == d or resolved.startswith(d + "/") for d in GUEST_TMPFS_DIRS):
+            out.append(resolved)
+    return out
+
+
 def run_in_guest(
     argv: Sequence[str],
     *,
@@ -538,6 +559,7 @@ def run_in_guest(
     for stale in ("rc", "output.log"):
         (io_dir / stale).unlink(missing_ok=True)
     (io_dir / "run.sh").write_text(guest_script(argv, cwd=cwd, env=env))
+    (io_dir / "binds").write_text("".join(f"{p}\n" for p in hidden_by_guest_tmpfs([cwd])))
     cmd = qemu_argv(
         kernel, initramfs, io_dir, memory_mb=memory_mb, cpus=cpus, accel=accel_used,
         icount_shift=icount_shift if accel_used == "tcg" else None,
