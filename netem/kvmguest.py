@@ -53,7 +53,7 @@ GUEST_OUT_DIR = GUEST_IO_DIR + "/out"
 # Modules the initramfs loads itself (with their dependencies) to reach the 9p root.
 BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz")
-_INIT_VERSION = "4"  # bump when the /init script changes so cached initramfs images rebuild
+_INIT_VERSION = "5"  # bump when the /init script changes so cached initramfs images rebuild
 
 
 class GuestError(RuntimeError):
@@ -333,13 +333,12 @@ mount -t devtmpfs devtmpfs $NR/dev || fail "mount devtmpfs"
 mkdir -p $NR/dev/pts $NR/dev/shm
 mount -t devpts devpts $NR/dev/pts
 mount -t tmpfs tmpfs $NR/dev/shm
+mkdir -p /hostroot && mount -o bind $NR /hostroot  # the 9p root before tmpfs hides parts of it
 for d in {' '.join(d.lstrip('/') for d in GUEST_TMPFS_DIRS)}; do mount -t tmpfs -o mode=1777 tmpfs $NR/$d || fail "tmpfs $d"; done
 mkdir -p $NR{GUEST_IO_DIR} $NR/run/edgebed/bin
 mount -t 9p -o $OPTS edgebedio $NR{GUEST_IO_DIR} || fail "mount 9p edgebedio"
 if [ -s $NR{GUEST_IO_DIR}/binds ]; then
   # Host directories hidden by the tmpfs mounts above (a work tree under /tmp): bind them back.
-  mkdir -p /hostroot
-  mount -t 9p -o $OPTS,ro,cache=loose hostroot /hostroot || fail "mount 9p hostroot (binds)"
   while read -r p; do
     mkdir -p "$NR$p" && mount -o bind "/hostroot$p" "$NR$p" || fail "bind $p"
   done < $NR{GUEST_IO_DIR}/binds

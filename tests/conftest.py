@@ -33,3 +33,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter is not None:
             reporter.write_line(msg, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the Docker end-to-end test last: building images churns CPU, memory and page cache,
+    and the timing-sensitive tests (link fidelity, device holds) should not run in its wake."""
+    items.sort(key=lambda item: item.get_closest_marker("docker") is not None)
