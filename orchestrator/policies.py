@@ -164,6 +164,13 @@ def _check_unit(key: str, value: float) -> float:
     return value
 
 
+def _check_margin(margin: float) -> float:
+    value = float(margin)
+    if not 0 < value <= 10:
+        raise ValueError(f"margin must be within 0..10 (exclusive 0), got {margin}")
+    return value
+
+
 def _pick(request: Request, cv: list[str], lm: list[str]) -> list[str]:
     return cv if request.kind == "cv" else lm
 
@@ -246,9 +253,7 @@ class LatencyAware(_Ladder):
 
     def __init__(self, margin: float = 0.9, **routes: Any) -> None:
         super().__init__(**routes)
-        self.margin = float(margin)
-        if not 0 < self.margin <= 10:
-            raise ValueError(f"margin must be within 0..10 (exclusive 0), got {margin}")
+        self.margin = _check_margin(margin)
 
     async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
         ladder = _pick(request, self.cv_routes, self.lm_routes)
@@ -273,9 +278,7 @@ class Hybrid(_Ladder):
     def __init__(self, threshold: float = 0.8, margin: float = 0.85, **routes: Any) -> None:
         super().__init__(**routes)
         self.threshold = _check_unit("threshold", threshold)
-        self.margin = float(margin)
-        if not 0 < self.margin <= 10:
-            raise ValueError(f"margin must be within 0..10 (exclusive 0), got {margin}")
+        self.margin = _check_margin(margin)
 
     async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
         ladder = _pick(request, self.cv_routes, self.lm_routes)
