@@ -42,11 +42,14 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -679,6 +682,50 @@ def _run(coro: Any) -> Any:
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
+
+
+@contextlib.contextmanager
+def proxy_subprocess(
+    links: Mapping[str, Mapping[str, Any]], *, seed: int = 1, control: bool = True,
+    realtime: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Run ``python -m netem.proxy`` for ``links`` ({name: LinkSpec fields with ``target``});
+    yields its ready line (``links``: name → host:port, ``control``) plus ``process``; the proxy
+    is always terminated and waited for afterwards."""
+    import yaml
+
+    doc: dict[str, Any] = {"links": {n: dict(v) for n, v in links.items()}, "seed": seed}
+    if control:
+        doc["control"] = "127.0.0.1:0"
+    fd, path = tempfile.mkstemp(prefix="edgebed-links-", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(doc, fh)
+    repo = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "netem.proxy", "--config", path]
+    if realtime:
+        argv.append("--realtime")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"link proxy did not start: {err[-2000:]}")
+        ready = json.loads(line)
+        ready["process"] = proc
+        yield ready
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
+        Path(path).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

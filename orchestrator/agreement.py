@@ -10,11 +10,6 @@ measures the host's HTTP overhead, so a miss can be attributed.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -22,49 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from netem.proxy import proxy_subprocess
 from orchestrator.experiment import run_experiment
 from orchestrator.profiles import SIM_LATENCY_MS, SIM_RTT_RANGE_MS
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
 def link_proxy(links: dict[str, dict[str, Any]], seed: int = 5) -> Iterator[dict[str, str]]:
-    """Run ``python -m netem.proxy`` for ``links`` ({name: LinkSpec fields with ``target``});
+    """Run the link proxy for ``links`` ({name: LinkSpec fields with ``target``});
     yields {name: "http://host:port", "control": control API URL}; stops the proxy after."""
-    doc = {
-        "links": {n: {"listen": "127.0.0.1:0", **spec} for n, spec in links.items()},
-        "seed": seed,
-        "control": "127.0.0.1:0",
-    }
-    fd, path = tempfile.mkstemp(prefix="edgebed-links-", suffix=".yaml")
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(doc, fh)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "netem.proxy", "--config", path],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if not line:
-            err = proc.stderr.read() if proc.stderr else ""
-            raise RuntimeError(f"link proxy did not start: {err[-2000:]}")
-        ready = json.loads(line)
+    listening = {n: {"listen": "127.0.0.1:0", **spec} for n, spec in links.items()}
+    with proxy_subprocess(listening, seed=seed) as ready:
         urls = {name: f"http://{addr}" for name, addr in ready["links"].items()}
         urls["control"] = ready["control"]
         yield urls
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        Path(path).unlink(missing_ok=True)
 
 
 def link_counters(control_url: str, link: str, direction: str = "up") -> dict[str, float]:

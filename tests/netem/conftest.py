@@ -6,13 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
+from netem.proxy import proxy_subprocess
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,38 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 @contextmanager
 def proxy_process(links: dict[str, dict[str, Any]], *, seed: int = 1, control: bool = True,
                   realtime: bool = False) -> Iterator[dict[str, Any]]:
-    """``python -m netem.proxy`` for ``links`` (each with ``target``); yields its ready line;
-    always terminated (and waited for) afterwards."""
-    doc: dict[str, Any] = {"links": links, "seed": seed}
-    if control:
-        doc["control"] = "127.0.0.1:0"
-    fd, path = tempfile.mkstemp(prefix="edgebed-test-links-", suffix=".yaml")
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(doc, fh)
-    argv = [sys.executable, "-m", "netem.proxy", "--config", path]
-    if realtime:
-        argv.append("--realtime")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if not line:
-            raise RuntimeError(f"proxy did not start: {proc.stderr.read() if proc.stderr else ''}")
-        ready = json.loads(line)
-        ready["process"] = proc
+    """``python -m netem.proxy`` for ``links`` (each with ``target``); yields its ready line."""
+    with proxy_subprocess(links, seed=seed, control=control, realtime=realtime) as ready:
         yield ready
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        for f in (proc.stdout, proc.stderr):
-            if f:
-                f.close()
-        Path(path).unlink(missing_ok=True)
 
 
 @contextmanager
