@@ -36,6 +36,7 @@ from netem.probe import (  # noqa: E402
     format_table,
     measure_rtts,
     measure_throughput,
+    paced_baseline_ms,
     start_echo_server,
 )
 from netem.proxy import serve_links  # noqa: E402
@@ -88,10 +89,10 @@ async def fidelity(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             addr = ready["links"]
             for name, (spec, n) in FIDELITY.items():
                 n = min(n, 300) if quick else n
-                base = float(np.median(await measure_rtts(addr["zero"], 200, concurrency=4)))
+                link = LinkSpec.model_validate(spec)
+                base = await paced_baseline_ms(addr["zero"], link, 200, concurrency=8)
                 x = await measure_rtts(addr[name], n, concurrency=8)
-                reports.append(fidelity_report(x, LinkSpec.model_validate(spec), name=name,
-                                               baseline_ms=base))
+                reports.append(fidelity_report(x, link, name=name, baseline_ms=base))
             thr = await measure_throughput(addr["rate-1mbit"], 125_000 if quick else 250_000)
     return reports, {"configured_mbit": 1.0, **thr, "proxy_scheduling": ready.get("realtime")}
 
@@ -104,9 +105,14 @@ async def overhead(n: int) -> list[dict[str, Any]]:
         await measure_rtts(target, 50)
         direct = await measure_rtts(target, n)
         with Proc(_proxy_argv({"zero": {"target": target}})) as ready:
+            loop_note = (f"epoll loop polling {ready['poll_us']:g} µs" if ready.get("poll_us")
+                         else "uvloop")
             await measure_rtts(ready["links"]["zero"], 50)
             sub = await measure_rtts(ready["links"]["zero"], n)
             direct2 = await measure_rtts(target, n)
+        with Proc([*_proxy_argv({"zero": {"target": target}}), "--poll-us", "0"]) as ready0:
+            await measure_rtts(ready0["links"]["zero"], 50)
+            sub0 = await measure_rtts(ready0["links"]["zero"], n)
         proxies = await serve_links({"zero": {"target": target}})
         try:
             host, port = proxies.address("zero")
@@ -119,7 +125,8 @@ async def overhead(n: int) -> list[dict[str, Any]]:
     d50 = float(np.median(np.concatenate([direct, direct2])))
     d99 = float(np.percentile(np.concatenate([direct, direct2]), 99))
     for name, x, note in (("direct (no proxy)", np.concatenate([direct, direct2]), ""),
-                          ("proxy subprocess", sub, "uvloop" + (", SCHED_FIFO" if ROOT else "")),
+                          ("proxy subprocess", sub, loop_note + (", SCHED_FIFO" if ROOT else "")),
+                          ("proxy, no polling", sub0, "poll_us 0: uvloop, sleeps at once"),
                           ("proxy in-process", inproc, "asyncio loop shared with the probe")):
         p50, p99 = float(np.median(x)) * 1000, float(np.percentile(x, 99)) * 1000
         rows.append({"path": name, "n": len(x), "p50_us": p50, "p99_us": p99,

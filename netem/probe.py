@@ -10,8 +10,9 @@ Works against any ``host:port`` (a proxy link, or a peer shaped by tc netem, e.g
 * ``python -m netem.probe throughput --target HOST:PORT --bytes 250000`` — bulk echo transfer,
   reports the achieved rate in Mbit/s.
 * ``--mode http --path /healthz`` probes an HTTP server (keep-alive GETs) instead of an echo
-  server; ``--baseline-target HOST:PORT`` measures the same request sent directly (no link) and
-  subtracts its median from every RTT, so only the link's part is compared.
+  server; ``--baseline-target HOST:PORT`` measures the same request sent directly (no link), at
+  the link's pace (see :func:`paced_baseline_ms`), and subtracts its median from every RTT, so
+  only the link's part is compared.
 
 Report (:func:`fidelity_report`): configured vs achieved mean/p5/p50/p95/std (ms), the
 Kolmogorov–Smirnov statistic and p-value of the achieved RTTs against the configured round-trip
@@ -70,7 +71,7 @@ async def start_echo_server(host: str = "127.0.0.1", port: int = 0) -> asyncio.S
 
 
 async def _one_conn_rtts(host: str, port: int, n: int, *, mode: str, payload_bytes: int,
-                         path: str, warmup: int, timeout_s: float) -> list[float]:
+                         path: str, warmup: int, timeout_s: float, gap_s: float) -> list[float]:
     reader, writer = await asyncio.open_connection(host, port)
     _nodelay(writer)
     if mode == "http":
@@ -89,6 +90,8 @@ async def _one_conn_rtts(host: str, port: int, n: int, *, mode: str, payload_byt
             dt = (time.perf_counter_ns() - t0) / 1e6
             if i >= warmup:
                 out.append(dt)
+            if gap_s > 0:
+                await asyncio.sleep(gap_s)
     finally:
         writer.close()
         with contextlib.suppress(Exception):
@@ -108,9 +111,11 @@ async def _read_http_response(reader: asyncio.StreamReader) -> None:
 
 async def measure_rtts(target: str, n: int = 500, *, mode: str = "echo", concurrency: int = 1,
                        payload_bytes: int = DEFAULT_PAYLOAD_BYTES, path: str = "/healthz",
-                       warmup: int = 3, timeout_s: float = 30.0) -> np.ndarray:
+                       warmup: int = 3, timeout_s: float = 30.0, gap_ms: float = 0.0) -> np.ndarray:
     """N round-trip times in ms to ``target`` (host:port), over ``concurrency`` connections,
-    each sending one message at a time (so probes never queue behind each other)."""
+    each sending one message at a time (so probes never queue behind each other).
+
+    ``gap_ms``: idle time (untimed) between a reply and the next message on a connection."""
     if mode not in ("echo", "http"):
         raise ValueError(f"mode must be one of echo, http, got {mode!r}")
     host, port = parse_hostport(target, key="target")
@@ -118,7 +123,7 @@ async def measure_rtts(target: str, n: int = 500, *, mode: str = "echo", concurr
     shares = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
     parts = await asyncio.gather(*(
         _one_conn_rtts(host, port, k, mode=mode, payload_bytes=payload_bytes, path=path,
-                       warmup=warmup, timeout_s=timeout_s) for k in shares))
+                       warmup=warmup, timeout_s=timeout_s, gap_s=gap_ms / 1e3) for k in shares))
     return np.array([x for p in parts for x in p])
 
 
@@ -230,15 +235,44 @@ def format_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+BASELINE_MAX_GAP_MS = 100.0
+
+
+def baseline_gap_ms(link: LinkSpec) -> float:
+    """Idle time between baseline probes: the link's median RTT, at most BASELINE_MAX_GAP_MS."""
+    median = float(np.median(link.rtt_samples(20_000, np.random.default_rng(0))))
+    return min(max(median, 0.0), BASELINE_MAX_GAP_MS)
+
+
+async def paced_baseline_ms(target: str, link: LinkSpec, n: int = 200, *, mode: str = "echo",
+                            concurrency: int = 1, path: str = "/healthz") -> float:
+    """Median round trip of the unshaped path, probed at the shaped link's pace.
+
+    Behind a link every endpoint sleeps for about one configured RTT between messages, and a
+    process (or a VM's vCPU) woken from idle answers later than a busy one: on the project's
+    2-core VM that costs ~0.1-0.2 ms per wake-up. Back-to-back baseline probes would keep the
+    endpoints busy, hide that cost and charge it to the link. So each baseline connection idles
+    for the link's median RTT (at most ``BASELINE_MAX_GAP_MS``; the median, so a lossy
+    zero-delay link, idle only on its rare timeouts, is probed back to back) between probes, at
+    the same concurrency as the shaped probes.
+    """
+    gap_ms = baseline_gap_ms(link)
+    await measure_rtts(target, min(n, 20), mode=mode, path=path)  # connect, warm the path
+    b = await measure_rtts(target, n, mode=mode, concurrency=concurrency, path=path,
+                           gap_ms=gap_ms)
+    return float(np.median(b))
+
+
 async def probe_link(target: str, link: LinkSpec, *, name: str = "link", n: int = 500,
                      mode: str = "echo", concurrency: int = 1, path: str = "/healthz",
                      baseline_target: str | None = None, baseline_n: int = 200,
                      ks_tolerance_ms: float = 0.5) -> dict[str, Any]:
-    """Measure ``target`` and build its :func:`fidelity_report` (optionally baseline-corrected)."""
+    """Measure ``target`` and build its :func:`fidelity_report` (optionally baseline-corrected,
+    see :func:`paced_baseline_ms`)."""
     baseline = None
     if baseline_target:
-        b = await measure_rtts(baseline_target, baseline_n, mode=mode, path=path)
-        baseline = float(np.median(b))
+        baseline = await paced_baseline_ms(baseline_target, link, baseline_n, mode=mode,
+                                           concurrency=concurrency, path=path)
     samples = await measure_rtts(target, n, mode=mode, concurrency=concurrency, path=path)
     return fidelity_report(samples, link, name=name, baseline_ms=baseline,
                            ks_tolerance_ms=ks_tolerance_ms)
@@ -286,7 +320,8 @@ def add_rtt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("echo", "http"), default="echo")
     p.add_argument("--path", default="/healthz", help="HTTP path for --mode http")
     p.add_argument("--baseline-target", default=None,
-                   help="host:port reaching the same server without the link (median subtracted)")
+                   help="host:port reaching the same server without the link: probed at the "
+                        "link's pace (idle one mean RTT between probes), median subtracted")
     p.add_argument("--ks-tolerance-ms", type=float, default=0.5,
                    help="timing tolerance of the KS test (default 0.5 ms; 0 = raw KS)")
     p.add_argument("--json", default=None, help="write the report to this file")

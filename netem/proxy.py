@@ -40,6 +40,7 @@ import itertools
 import json
 import os
 import random
+import selectors
 import signal
 import socket
 import subprocess
@@ -59,7 +60,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import ValidationError
 
 from netem.metrics import LinkMetrics
-from netem.sched import set_realtime
+from netem.sched import PollingEpollSelector, polling_loop_factory, set_realtime
 from netem.spec import (
     _DIRECTION_KEYS,
     DirectionSpec,
@@ -113,6 +114,11 @@ class LoopTimer:
                 if fd >= 0:
                     self._libc, self._fd = libc, fd
                     loop.add_reader(fd, self._on_timerfd)
+        selector = getattr(loop, "_selector", None)
+        self.spinning = (self._fd >= 0 and isinstance(selector, PollingEpollSelector)
+                         and selector.spin_s > 0)
+        if self.spinning and selector is not None:  # polls up to each release: no lead to learn
+            selector.set_deadline_source(self._fd, self._next_deadline)
         if self._fd < 0:
             self._thread = threading.Thread(target=self._thread_run, daemon=True,
                                             name="edgebed-link-timer")
@@ -120,7 +126,12 @@ class LoopTimer:
 
     @property
     def kind(self) -> str:
+        if self.spinning:
+            return "timerfd+spin"
         return "timerfd" if self._fd >= 0 else "thread"
+
+    def _next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
 
     def call_at(self, when: float, cb: Callable[[], None]) -> None:
         """Call ``cb`` at ``when``, armed ``lead_s`` early to cancel the typical wake-up lag."""
@@ -145,7 +156,7 @@ class LoopTimer:
         with contextlib.suppress(BlockingIOError, InterruptedError):
             os.read(self._fd, 8)
         now = time.monotonic()
-        if self._armed is not None:
+        if self._armed is not None and not self.spinning:
             late = min(max(now - self._armed, 0.0), MAX_LEAD_S)
             self.lead_s += LEAD_GAIN * (late - self.lead_s)
         self._armed = None
@@ -674,8 +685,12 @@ async def _main_async(topology: Topology, control: str | None, **extra: Any) -> 
         await proxies.close()
 
 
-def _run(coro: Any) -> Any:
-    """asyncio.run on uvloop when installed (lower per-hop overhead)."""
+def _run(coro: Any, poll_us: float = 0.0, spin_us: float = 0.0) -> Any:
+    """Run the proxy's loop: a busy-polling epoll loop when ``poll_us`` > 0 on Linux (see
+    :class:`netem.sched.PollingEpollSelector`), else uvloop when installed, else asyncio's."""
+    if (poll_us > 0 or spin_us > 0) and hasattr(selectors, "EpollSelector"):
+        with asyncio.Runner(loop_factory=polling_loop_factory(poll_us, spin_us)) as runner:
+            return runner.run(coro)
     try:
         import uvloop
     except ImportError:
@@ -735,10 +750,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", default=None,
                         help="host:port of the control API (default: the file's control key)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--poll-us", type=float, default=None,
+                        help="busy-poll this long after each event before sleeping (default: the "
+                             "file's poll_us, 200; 0 = off)")
+    parser.add_argument("--spin-us", type=float, default=None,
+                        help="poll this long before each timed release instead of sleeping "
+                             "(default: the file's spin_us, 1000; 0 = off)")
     parser.add_argument("--realtime", action="store_true",
                         help="run under SCHED_FIFO (root) for tight timing on a busy host")
     args = parser.parse_args(argv)
-    extra = {"realtime": set_realtime() if args.realtime else "off"}
+    extra: dict[str, Any] = {"realtime": set_realtime() if args.realtime else "off"}
     try:
         topology = load_topology(args.config)
     except (OSError, ValueError) as exc:
@@ -746,8 +767,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.seed is not None:
         topology = topology.model_copy(update={"seed": args.seed})
+    for key in ("poll_us", "spin_us"):
+        if getattr(args, key) is None:
+            continue
+        try:
+            topology = Topology.model_validate({**topology.model_dump(), key: getattr(args, key)})
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            print(f"error: --{key.replace('_', '-')}: {msg}", file=sys.stderr)
+            return 2
+    extra["poll_us"], extra["spin_us"] = topology.poll_us, topology.spin_us
     try:
-        _run(_main_async(topology, args.control, **extra))
+        _run(_main_async(topology, args.control, **extra), topology.poll_us, topology.spin_us)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ MAX_DELAY_MS = 60_000.0
 MAX_RATE_MBIT = 100_000.0
 PARETO_ALPHA = 3.0
 PARETO_CAP_SIGMAS = 32767 / 8192  # netem's distribution table is clipped at 32767 / NETEM_DIST_SCALE
+MAX_POLL_US = 10_000.0
 _DIRECTION_KEYS = ("delay_ms", "jitter_ms", "distribution", "integer_ms", "loss_pct",
                    "loss_rto_ms", "rate_mbit")
 
@@ -329,6 +330,20 @@ class Topology(BaseModel):
     links: dict[str, LinkSpec] = Field(default_factory=dict)
     seed: int = 0
     control: str | None = Field(default=None, description="host:port of the proxy control API")
+    poll_us: float = Field(
+        default=200.0,
+        description="proxy backend: busy-poll this long (µs) after each event before sleeping; "
+                    "0 = sleep at once (uvloop when installed, if spin_us is 0 too)")
+    spin_us: float = Field(
+        default=1000.0,
+        description="proxy backend: stop sleeping this long (µs) before each timed release and "
+                    "poll until it is due (on time despite late timer wake-ups); 0 = sleep on "
+                    "a timer with an adaptive lead")
+
+    @field_validator("poll_us", "spin_us")
+    @classmethod
+    def _poll_range(cls, v: float, info: Any) -> float:
+        return _within(info.field_name, v, 0.0, MAX_POLL_US)
 
     @field_validator("control")
     @classmethod

@@ -2,7 +2,8 @@
 
 Proxy, echo server and probe run as separate processes (SCHED_FIFO when root, so a busy host's
 scheduler does not masquerade as link jitter). The link's part of each round trip is the probe
-RTT minus the median RTT through an unshaped link of the same proxy (``--baseline-target``).
+RTT minus the median RTT through an unshaped link of the same proxy (``--baseline-target``),
+probed at the shaped link's pace so endpoints wake from idle in both (netem.probe.paced_baseline_ms).
 Criteria (issue 4): achieved mean within max(0.5 ms, 2 %) of the configured mean; KS test
 (±0.5 ms timing tolerance, see netem.spec.ks_1samp) not rejecting the configured law at p = 0.01.
 """
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,21 +47,36 @@ def _probe(target: str, baseline: str, config: Path, name: str, n: int, out: Pat
     return json.loads(out.read_text())
 
 
-# Known miss (issue 4 stays open): on the project's idle 2-core VM the fixed 10 ms round trip
-# measures 10.8 ms (p5 10.3, std 0.35) against a 0.5 ms tolerance; under CPU load it sometimes
-# passes. Reported as XFAIL/XPASS with its table, never hidden.
-_FIXED_10_KNOWN_MISS = pytest.mark.xfail(
-    reason="proxy fixed 10 ms link measures ~+0.8 ms on this VM (tolerance 0.5 ms); issue 4",
+def _host_wake_lateness_us(n: int = 200) -> tuple[float, float]:
+    """p50/p95 lateness of 2 ms sleeps on this host (µs): how noisy its timer wake-ups are."""
+    late = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        time.sleep(0.002)
+        late.append((time.perf_counter() - t0 - 0.002) * 1e6)
+    late.sort()
+    return late[n // 2], late[int(n * 0.95)]
+
+
+# Known miss (issue 4 stays open): the proxy releases on time (it spins before each release),
+# but the probe and echo processes wake from idle 0.1-0.3 ms late on this VM (more when its host
+# is busy), and the paced baseline subtracts that cost only approximately. Fixed 10 ms passes
+# in about half of the runs; when it misses, the mean is off by <0.5 ms or the ±0.5 ms KS band
+# rejects. Reported as XFAIL/XPASS with its table and the host's wake-up lateness, never hidden.
+_FIXED_10_HOST_NOISE = pytest.mark.xfail(
+    reason="fixed 10 ms: endpoint wake-ups on this VM leave a 0.1-0.6 ms residual against a "
+           "0.5 ms tolerance in about half of the runs; issue 4",
     strict=False,
 )
 
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, marks=_FIXED_10_KNOWN_MISS) if c == "fixed-10" else c for c in CASES],
+    [pytest.param(c, marks=_FIXED_10_HOST_NOISE) if c == "fixed-10" else c for c in CASES],
 )
 def test_proxy_fidelity(case: str, tmp_path: Path) -> None:
     spec, n = CASES[case]
+    wake50, wake95 = _host_wake_lateness_us()
     with echo_process(realtime=ROOT) as echo:
         links = {case: {**spec, "target": echo}, "zero": {"target": echo}}
         config = tmp_path / "links.yaml"
@@ -68,7 +85,9 @@ def test_proxy_fidelity(case: str, tmp_path: Path) -> None:
             rep = _probe(ready["links"][case], ready["links"]["zero"], config, case, n,
                          tmp_path / "report.json")
     print(format_table([rep]))
-    load = "host load avg {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    load = ("host load avg {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+            + f"; 2 ms sleeps wake late by p50 {wake50:.0f} µs, p95 {wake95:.0f} µs")
+    print(load)
     print(f"baseline (unshaped proxy path) median {rep['baseline_ms']:.3f} ms; "
           f"proxy scheduling: {ready.get('realtime')}")
     assert rep["n"] >= 500

@@ -4,6 +4,7 @@ metrics, runtime changes, the subprocess and the CLI."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -274,3 +275,53 @@ def test_many_concurrent_connections_keep_their_own_streams() -> None:
         assert _sample(proxies, "edgebed_link_connections_total", link="j") == 50
 
     run(_with_links({"j": {"delay_ms": 10, "jitter_ms": 5}}, body))
+
+
+def test_poll_us_reported_and_validated(tmp_path: Any) -> None:
+    """The ready line says how long the loop busy-polls; --poll-us overrides, out of range is
+    a clear error."""
+    f = tmp_path / "links.yaml"
+    f.write_text("links:\n  x:\n    target: 127.0.0.1:9\n")
+    for extra, expected in (([], 200.0), (["--poll-us", "0"], 0.0)):
+        p = subprocess.Popen([sys.executable, "-m", "netem.proxy", "--config", str(f), *extra],
+                             stdout=subprocess.PIPE, text=True, cwd=REPO)
+        try:
+            assert p.stdout is not None
+            assert json.loads(p.stdout.readline())["poll_us"] == expected
+        finally:
+            p.terminate()
+            p.wait(timeout=10)
+            if p.stdout:
+                p.stdout.close()
+    out = subprocess.run([sys.executable, "-m", "netem.proxy", "--config", str(f),
+                          "--poll-us", "20000"], capture_output=True, text=True, timeout=30,
+                         cwd=REPO)
+    assert out.returncode == 2
+    assert "--poll-us: poll_us must be within 0..10000, got 20000" in out.stderr, out.stderr
+
+
+def test_polling_selector_returns_events_and_honours_timeouts() -> None:
+    """Busy-polling must not change what select returns: ready fds at once, [] after the whole
+    timeout (not after the poll window), and a write that lands mid-window is seen."""
+    import socket
+    import threading
+
+    from netem.sched import PollingEpollSelector
+
+    a, b = socket.socketpair()
+    sel = PollingEpollSelector(poll_us=2000)
+    try:
+        sel.register(a, 1)  # EVENT_READ
+        t0 = time.perf_counter()
+        assert sel.select(0.02) == []
+        assert time.perf_counter() - t0 >= 0.019
+        threading.Timer(0.0005, b.send, args=(b"x",)).start()  # inside the 2 ms poll window
+        t0 = time.perf_counter()
+        ready = sel.select(1.0)
+        assert [k.fileobj for k, _ in ready] == [a]
+        assert time.perf_counter() - t0 < 0.5
+        assert sel.select(0) == [(ready[0][0], 1)]  # still readable: nothing consumed
+    finally:
+        sel.close()
+        a.close()
+        b.close()

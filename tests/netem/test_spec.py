@@ -141,3 +141,18 @@ def test_topology_helpers() -> None:
     assert LinkSpec.model_validate(link.model_dump(mode="json")) == link  # full round trip
     with pytest.raises(ValidationError, match="cannot be combined with a different up"):
         LinkSpec.model_validate({"rtt_range_ms": [5, 15], "up": {"delay_ms": 3}})
+
+
+def test_topology_poll_us_names_key_and_range() -> None:
+    assert Topology().poll_us == 200.0
+    with pytest.raises(ValidationError) as exc:
+        Topology.model_validate({"poll_us": 20_000})
+    assert format_validation_error(exc.value) == "poll_us: poll_us must be within 0..10000, got 20000"
+
+
+def test_paced_baseline_gap_is_the_links_median_rtt() -> None:
+    from netem.probe import BASELINE_MAX_GAP_MS, baseline_gap_ms
+
+    assert baseline_gap_ms(LinkSpec.model_validate({"delay_ms": 5})) == pytest.approx(10.0)
+    assert baseline_gap_ms(LinkSpec.model_validate({"loss_pct": 20})) == 0.0  # mostly no wait
+    assert baseline_gap_ms(LinkSpec.model_validate({"delay_ms": 500})) == BASELINE_MAX_GAP_MS
