@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
+import selectors
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -70,8 +72,7 @@ def serve(args: argparse.Namespace) -> int:
     prometheus_client.disable_created_metrics()  # *_created series: noise for dashboards
     # A device-hold thread that wakes must get the GIL back quickly (default switch: 5 ms).
     sys.setswitchinterval(0.0005)
-    uvicorn.run(
-        app,
+    options: dict[str, Any] = dict(
         host=args.host,
         port=args.port,
         workers=1,
@@ -81,6 +82,17 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=3,
         **_uvicorn_options(),
     )
+    if cfg.poll_us > 0 and hasattr(selectors, "EpollSelector"):
+        # Busy-poll after each event (netem.sched.PollingEpollSelector): the next request of
+        # a client finds the loop awake instead of paying an idle-CPU wake-up.
+        from netem.sched import polling_loop_factory
+
+        options["loop"] = "none"
+        server = uvicorn.Server(uvicorn.Config(app, **options))
+        with asyncio.Runner(loop_factory=polling_loop_factory(cfg.poll_us)) as runner:
+            runner.run(server.serve())
+        return 0
+    uvicorn.run(app, **options)
     return 0
 
 

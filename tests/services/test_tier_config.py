@@ -76,6 +76,7 @@ def test_user_file_layers_over_builtin(tmp_path: Path) -> None:
         ({"models": {"resnet": {}}}, "models.resnet.latency_ms: required"),
         ({"lm": {"gpt": {}}}, "lm: model must be one of"),
         ({"bogus_key": 1}, "bogus_key"),
+        ({"poll_us": 20_000}, "poll_us: Input should be less than or equal to 10000"),
     ],
 )  # fmt: skip
 def test_bad_config_names_the_key(override: dict, needle: str) -> None:

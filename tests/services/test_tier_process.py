@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -35,6 +36,20 @@ def test_start_ready_stop_leaves_no_process() -> None:
     assert _gone(pid), f"tier process {pid} still running after stop()"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{tp.url}/healthz", timeout=1.0)
+
+
+@pytest.mark.usefixtures("need_models")
+@pytest.mark.parametrize("poll_us", [0, 200])
+def test_both_event_loops_serve_and_stop_cleanly(poll_us: int) -> None:
+    """poll_us 0: uvicorn's own loop (uvloop); > 0: the busy-polling epoll loop."""
+    with start_tier("edge", device_time="real", config_overrides={"poll_us": poll_us}) as tp:
+        pid = tp.pid
+        r = httpx.post(f"{tp.url}/v1/infer?model=int8", content=bytes(784),
+                       headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 200 and 0 <= r.json()["prediction"] <= 9
+        # graceful on SIGTERM (uvicorn re-raises the signal once shut down), never SIGKILL
+        assert tp.stop() in (0, -signal.SIGTERM)
+    assert _gone(pid)
 
 
 def test_bad_config_fails_fast_with_the_servers_message() -> None:
