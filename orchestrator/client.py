@@ -2,6 +2,12 @@
 
 Every failure mode (connection refused, timeout, 503, other HTTP status, dropped connection)
 becomes an ``Attempt`` with its ``outcome``; nothing raises out of ``run_attempt``.
+
+The replay client is aiohttp: on the project's 2-core VM an async httpx request costs 1.2-2.5 ms
+more than the same request through aiohttp (httpcore + anyio per-request overhead), and every
+microsecond of client overhead lands in the recorded latency (``bench/bench_replay.py``).
+aiohttp sends a small request's head and body in one write, so an emulated link sees one chunk
+(one delay draw) per request, as the simulator draws one RTT per request.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from orchestrator.profiles import split_route
 from orchestrator.workload import Request
@@ -78,47 +85,32 @@ class Attempt:
 _BRIEF_FIELDS = tuple(f.name for f in fields(Attempt) if f.name != "extra")
 
 
+def make_session(max_connections: int) -> aiohttp.ClientSession:
+    """One pooled session for all tiers: no proxies from the environment, no cookie jar,
+    keep-alive shorter than the servers' (uvicorn: 5 s) so an idle connection is never reused
+    just as the server closes it."""
+    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0,
+                                     keepalive_timeout=2.0, enable_cleanup_closed=False)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                 trust_env=False, auto_decompress=False,
+                                 timeout=aiohttp.ClientTimeout(total=30.0))
+
+
 @lru_cache(maxsize=256)
-def _endpoint_url(base_url: str, kind: str, model: str) -> httpx.URL:
-    """Parsed once per (tier, endpoint, model): httpx's URL parsing is costly per request."""
+def _endpoint_url(base_url: str, kind: str, model: str) -> URL:
+    """Parsed once per (tier, endpoint, model)."""
     base = base_url.rstrip("/")
     if kind == "cv":
-        return httpx.URL(f"{base}/v1/infer", params={"model": model})
-    return httpx.URL(f"{base}/v1/generate")
+        return URL(f"{base}/v1/infer").with_query(model=model)
+    return URL(f"{base}/v1/generate")
 
 
-def _request_bytes(req: httpx.Request) -> int:
-    head = f"{req.method} {req.url.raw_path.decode()} HTTP/1.1\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items()) + "\r\n"
-    return len(head.encode()) + len(req.content)
-
-
-def _response_bytes(resp: httpx.Response) -> int:
-    head = f"HTTP/1.1 {resp.status_code} {resp.reason_phrase}\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in resp.headers.items()) + "\r\n"
-    return len(head.encode()) + len(resp.content)
-
-
-def build_http_request(
-    client: httpx.AsyncClient,
-    base_url: str,
-    route: str,
-    request: Request,
-    *,
-    timeout_s: float = 30.0,
-) -> httpx.Request:
-    """The HTTP request for ``route`` (pure apart from httpx's request object)."""
+def build_http_request(route: str, request: Request) -> tuple[str, dict[str, str], bytes]:
+    """``(kind, headers, body)`` of the HTTP request for ``route`` (pure)."""
     _, model = split_route(route)
-    url = _endpoint_url(base_url, request.kind, model)
     headers = {"x-request-id": str(request.id)}
     if request.kind == "cv":
-        return client.build_request(
-            "POST",
-            url,
-            content=request.image,
-            headers={**headers, "content-type": "application/octet-stream"},
-            timeout=timeout_s,
-        )
+        return request.kind, {**headers, "content-type": "application/octet-stream"}, request.image
     body = {
         "model": model,
         "prompt": request.prompt,
@@ -127,7 +119,12 @@ def build_http_request(
         "request_id": str(request.id),
         "stream": False,
     }
-    return client.build_request("POST", url, json=body, headers=headers, timeout=timeout_s)
+    return request.kind, {**headers, "content-type": "application/json"}, json.dumps(body).encode()
+
+
+def _head_bytes(first_line: str, headers: Any) -> int:
+    return len((first_line + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n")
+               .encode())
 
 
 def parse_answer(attempt: Attempt, payload: dict[str, Any]) -> None:
@@ -156,7 +153,7 @@ def parse_answer(attempt: Attempt, payload: dict[str, Any]) -> None:
 
 
 async def run_attempt(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     base_url: str,
     route: str,
     request: Request,
@@ -173,30 +170,37 @@ async def run_attempt(
         attempt.error = "request budget exhausted before this attempt"
         return attempt
     try:
-        http_req = build_http_request(client, base_url, route, request, timeout_s=timeout_s)
-        attempt.bytes_tx = _request_bytes(http_req)
-        resp = await client.send(http_req)
-        attempt.status_code = resp.status_code
-        attempt.bytes_rx = _response_bytes(resp)
-        if resp.status_code == 200:
-            parse_answer(attempt, resp.json())
+        kind, headers, body = build_http_request(route, request)
+        url = _endpoint_url(base_url, kind, split_route(route)[1])
+        async with client.post(url, data=body, headers=headers,
+                               timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            content = await resp.read()
+        attempt.status_code = resp.status
+        sent = resp.request_info
+        attempt.bytes_tx = _head_bytes(f"POST {sent.url.raw_path_qs} HTTP/1.1\r\n",
+                                       sent.headers) + len(body)
+        attempt.bytes_rx = _head_bytes(f"HTTP/1.1 {resp.status} {resp.reason}\r\n",
+                                       resp.headers) + len(content)
+        if resp.status == 200:
+            parse_answer(attempt, json.loads(content))
             attempt.outcome = "ok"
-        elif resp.status_code == 503:
+        elif resp.status == 503:
             attempt.outcome = "overloaded"
-            attempt.error = resp.text[:200]
+            attempt.error = content[:200].decode(errors="replace")
         else:
             attempt.outcome = "http_error"
-            attempt.error = resp.text[:200]
-    except httpx.TimeoutException as exc:
+            attempt.error = content[:200].decode(errors="replace")
+    except TimeoutError as exc:  # aiohttp's ServerTimeoutError and asyncio's timeout
         attempt.outcome = "timeout"
         attempt.error = f"{type(exc).__name__} after {timeout_s:.3f} s"
-    except httpx.ConnectError as exc:
+    except aiohttp.ClientConnectorError as exc:
         attempt.outcome = "refused"
         attempt.error = f"{type(exc).__name__}: {exc}"[:200]
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+            aiohttp.ClientPayloadError) as exc:
         attempt.outcome = "disconnected"
         attempt.error = f"{type(exc).__name__}: {exc}"[:200]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
         attempt.outcome = "error"
         attempt.error = f"{type(exc).__name__}: {exc}"[:200]
     attempt.latency_ms = (time.perf_counter() - t0) * 1e3

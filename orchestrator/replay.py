@@ -1,4 +1,4 @@
-"""Replay a workload through one policy after another against tier URLs (asyncio + httpx).
+"""Replay a workload through one policy after another against tier URLs (asyncio + aiohttp).
 
 Open loop: each request has an intended send time from the arrival schedule and its latency is
 measured from that instant, so client-side lateness (a full concurrency window, a slow event
@@ -19,16 +19,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from orchestrator.client import Attempt, run_attempt
+from orchestrator.client import Attempt, make_session, run_attempt
 from orchestrator.energy import EnergyModel
 from orchestrator.policies import LatencyPredictor, Policy, PolicyContext
 from orchestrator.records import make_record
-from orchestrator.transport import coalescing_transport
 from orchestrator.workload import Request
 
 RecordSink = Callable[[dict[str, Any], Sequence[Attempt]], None]
@@ -89,26 +88,9 @@ class PassStats:
         }
 
 
-class _NoCookies(httpx.Cookies):
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-def make_client(concurrency: int, n_tiers: int = 3) -> httpx.AsyncClient:
-    """One pooled client for all tiers (one socket write per request, see ``transport``);
-    never picks up proxies from the environment."""
-    # keep-alive shorter than the servers' (uvicorn: 5 s) so an idle connection is never
-    # reused just as the server closes it
-    limits = httpx.Limits(
-        max_connections=concurrency * max(1, n_tiers) + 8,
-        max_keepalive_connections=concurrency * max(1, n_tiers) + 8,
-        keepalive_expiry=2.0,
-    )
-    client = httpx.AsyncClient(
-        transport=coalescing_transport(limits), trust_env=False, timeout=httpx.Timeout(30.0)
-    )
-    client._cookies = _NoCookies()  # tiers set no cookies; the cookie jar costs per response
-    return client
+def make_client(concurrency: int, n_tiers: int = 3) -> aiohttp.ClientSession:
+    """One pooled aiohttp session for all tiers (see ``orchestrator.client``)."""
+    return make_session(concurrency * max(1, n_tiers) + 8)
 
 
 @contextlib.contextmanager
@@ -145,7 +127,7 @@ async def replay_policy(
     *,
     label: str,
     targets: dict[str, str],
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     predictor: LatencyPredictor,
     energy_model: EnergyModel,
     settings: ReplaySettings,
