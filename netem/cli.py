@@ -20,6 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     px.add_argument("--control", default=None, help="control API host:port (default: file's)")
     px.add_argument("--seed", type=int, default=None)
     px.add_argument("--realtime", action="store_true", help="SCHED_FIFO (root) for tight timing")
+    px.add_argument("--poll-us", type=float, default=None,
+                    help="largest adaptive busy-poll window after events (default: file's, 200)")
+    px.add_argument("--spin-us", type=float, default=None,
+                    help="poll this long before each release (default: file's, 0 = off)")
+    px.add_argument("--no-kernel-stamps", dest="stamps", action="store_false",
+                    help="anchor delays at read time instead of the kernel's receive timestamp")
     px.set_defaults(func=_proxy)
 
     sh = lsub.add_parser("show", help="show links (from a running proxy, or a topology file)")
@@ -92,6 +98,11 @@ def _proxy(args: argparse.Namespace) -> int:
         argv += ["--seed", str(args.seed)]
     if args.realtime:
         argv.append("--realtime")
+    for flag in ("poll_us", "spin_us"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if not args.stamps:
+        argv.append("--no-kernel-stamps")
     return main(argv)
 
 

@@ -332,10 +332,11 @@ class Topology(BaseModel):
     control: str | None = Field(default=None, description="host:port of the proxy control API")
     poll_us: float = Field(
         default=200.0,
-        description="proxy backend: busy-poll this long (µs) after each event before sleeping; "
-                    "0 = sleep at once (uvloop when installed, if spin_us is 0 too)")
+        description="proxy backend: the largest busy-poll window (µs) after events before "
+                    "sleeping, adapted to the traffic as the kernel's haltpoll does; 0 = sleep at "
+                    "once (uvloop when installed, if spin_us is 0 too)")
     spin_us: float = Field(
-        default=1000.0,
+        default=0.0,
         description="proxy backend: stop sleeping this long (µs) before each timed release and "
                     "poll until it is due (on time despite late timer wake-ups); 0 = sleep on "
                     "a timer with an adaptive lead")
