@@ -28,6 +28,10 @@ class LinkMetrics:
         self.drops = Counter("edgebed_link_drops_total",
                              "Emulated losses: chunks that paid the RTO penalty",
                              ["link", "direction"], registry=r)
+        self.drawn = Counter("edgebed_link_drawn_delay_seconds_total",
+                             "Sum of the delays drawn from the configured law per chunk (loss "
+                             "penalties included; before queueing and timer error)",
+                             ["link", "direction"], registry=r)
         self.delay = Histogram("edgebed_link_delay_seconds",
                                "Delay applied per chunk (arrival to release, queueing included)",
                                ["link", "direction"], buckets=DELAY_BUCKETS_S, registry=r)
@@ -59,7 +63,7 @@ class LinkMetrics:
 
     def init_link(self, name: str, spec: LinkSpec) -> None:
         for d in DIRECTIONS:
-            for m in (self.bytes, self.chunks, self.drops, self.delay):
+            for m in (self.bytes, self.chunks, self.drops, self.drawn, self.delay):
                 m.labels(name, d)
         self.connections.labels(name)
         self.open_connections.labels(name)

@@ -12,8 +12,11 @@ Loss: TCP hides loss from applications, so a "lost" chunk is delivered late: wit
 ``loss_pct``/100 per chunk its draw gets ``loss_rto_ms`` (default 200 ms, Linux's minimum RTO)
 added, and — as with TCP's in-order delivery — later chunks wait behind it.
 
-Releases are timed by a ``timerfd`` in the event loop (:class:`LoopTimer`): asyncio's own
-timers round to whole milliseconds. For tight timing tails on a busy host run the subprocess
+A chunk's ``arrival`` is the kernel's receive timestamp of its bytes (``SO_TIMESTAMPNS``, read
+with ``recvmsg`` by :class:`_StampedReader`), as netem stamps a packet when it is queued: a
+proxy that wakes late to read a chunk still releases it on time. Where the kernel gives no
+stamp, arrival is when the proxy read it. Releases are timed by a ``timerfd`` in the event loop
+(:class:`LoopTimer`): asyncio's own timers round to whole milliseconds. For tight timing tails on a busy host run the subprocess
 with ``--realtime`` (SCHED_FIFO, needs root), as netem's kernel timers effectively are.
 
 Run N links in one process::
@@ -43,6 +46,7 @@ import random
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -77,6 +81,9 @@ MIN_SEGMENT_BYTES = 1448
 EARLY_S = 20e-6  # release a chunk this close to its time without another timer round
 MAX_LEAD_S = 300e-6  # at most this much wake-up lag is compensated
 LEAD_GAIN = 0.05
+READ_BYTES = 256 * 1024  # per recvmsg, as asyncio's transports read
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS is the same
+_CMSG_SPACE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
 
 
 class _Timespec(ctypes.Structure):
@@ -155,15 +162,19 @@ class LoopTimer:
     def _on_timerfd(self) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):
             os.read(self._fd, 8)
+        armed, self._armed = self._armed, None
         now = time.monotonic()
-        if self._armed is not None and not self.spinning:
-            late = min(max(now - self._armed, 0.0), MAX_LEAD_S)
-            self.lead_s += LEAD_GAIN * (late - self.lead_s)
-        self._armed = None
+        first = True
         while self._heap and self._heap[0][0] <= now + EARLY_S:
             _, _, cb = heapq.heappop(self._heap)
             cb()
             now = time.monotonic()
+            if first and armed is not None and not self.spinning:
+                # lateness of the first callback's work (the release's write), relative to the
+                # armed instant: the wake-up lag plus the loop's dispatch, cancelled next time
+                late = min(max(now - armed, 0.0), MAX_LEAD_S)
+                self.lead_s += LEAD_GAIN * (late - self.lead_s)
+            first = False
         if self._heap:
             self._arm(self._heap[0][0])
 
@@ -228,12 +239,13 @@ class _Pipe:
         self.m_bytes = m.bytes.labels(self.link.name, direction)
         self.m_chunks = m.chunks.labels(self.link.name, direction)
         self.m_drops = m.drops.labels(self.link.name, direction)
+        self.m_drawn = m.drawn.labels(self.link.name, direction)
         self.m_delay = m.delay.labels(self.link.name, direction)
         self.queue: collections.deque[tuple[float, bytes, float]] = collections.deque()
         self.queued_bytes = 0
         self.last_release = 0.0
         self.armed_for: float | None = None
-        self.src: asyncio.Transport | None = None
+        self.src: _Side | None = None  # the side this direction reads from
         self.dst: asyncio.Transport | None = None
         self.finish: str | None = None  # "eof" or "close" once the source is done
         self.paused_src = False
@@ -254,9 +266,11 @@ class _Pipe:
         if not self.queue:
             self._maybe_finish()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes, arrival: float | None = None) -> None:
+        """Queue ``data`` read from the source; ``arrival`` (``time.monotonic()``) is when its
+        bytes reached the proxy's socket (the kernel's stamp), else now."""
         spec = self.link.direction(self.direction)
-        now = time.monotonic()
+        now = time.monotonic() if arrival is None else arrival
         n = len(data)
         self.m_bytes.inc(n)
         if not self.queue and spec.is_zero and spec.rate_mbit is None:
@@ -273,6 +287,7 @@ class _Pipe:
             if spec.loss_pct and rng.random() < spec.loss_ratio:
                 draw_ms += spec.loss_rto_ms
                 self.m_drops.inc()
+            self.m_drawn.inc(draw_ms / 1000.0)
             release = max(now + draw_ms / 1000.0, self.last_release)
             if rate is not None:
                 release += len(part) / rate
@@ -308,8 +323,7 @@ class _Pipe:
             self._write(part)
         if self.paused_src and self.queued_bytes < LOW_WATER_BYTES and self.src is not None:
             self.paused_src = False
-            with contextlib.suppress(RuntimeError):
-                self.src.resume_reading()
+            self.src.resume_reading()
         if self.queue:
             self._arm()
         else:
@@ -329,40 +343,135 @@ class _Pipe:
             self.dst.close()
 
 
+class _StampedReader:
+    """Reads one side's socket with ``recvmsg`` to get each chunk's kernel receive timestamp.
+
+    The side's transport keeps the socket for writing and closing but never reads it (it stays
+    paused); this reader watches a duplicate of the socket's descriptor in the event loop, so
+    the loop's one-reader-per-fd rule holds. EOF and errors are handed to the side as the
+    transport would have done.
+    """
+
+    def __init__(self, side: _Side, sock: socket.socket) -> None:
+        self.side = side
+        self.loop = asyncio.get_running_loop()
+        self.sock = socket.socket(fileno=os.dup(sock.fileno()))
+        self.sock.setblocking(False)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.paused = True
+        self.done = False  # EOF seen, failed or closed
+
+    @classmethod
+    def attach(cls, side: _Side, sock: socket.socket | None) -> _StampedReader | None:
+        """A reader for ``sock`` where the platform has recvmsg and SO_TIMESTAMPNS, else None."""
+        if sock is None or not _CMSG_SPACE or not sys.platform.startswith("linux"):
+            return None
+        try:
+            return cls(side, sock)
+        except OSError:
+            return None
+
+    def pause(self) -> None:
+        if not self.paused and not self.done:
+            self.loop.remove_reader(self.sock.fileno())
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.paused and not self.done:
+            self.loop.add_reader(self.sock.fileno(), self._on_readable)
+        self.paused = False
+
+    def close(self) -> None:
+        if not self.done:
+            self.pause()
+            self.done = True
+        if self.sock.fileno() >= 0:
+            self.sock.close()
+
+    def _on_readable(self) -> None:
+        try:
+            data, anc, _, _ = self.sock.recvmsg(READ_BYTES, _CMSG_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset by the peer, ...
+            self.close()
+            if self.side.transport is not None:
+                self.side.transport.abort()  # connection_lost follows, as for a read error
+            return
+        if not data:
+            self.close()
+            self.side.eof_received()
+            return
+        self.side.data_received(data, _arrival(anc))
+
+
+def _arrival(anc: list[tuple[int, int, bytes]]) -> float | None:
+    """The ``time.monotonic()`` instant of a chunk's SCM_TIMESTAMPNS stamp (CLOCK_REALTIME),
+    or None without one; never later than now nor more than 1 s earlier (clock steps)."""
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+            sec, nsec = struct.unpack_from("qq", payload)
+            now = time.monotonic()
+            stamped = sec + nsec * 1e-9 - (time.time() - now)
+            return min(now, max(stamped, now - 1.0))
+    return None
+
+
 class _Side(asyncio.Protocol):
+    """One socket of a proxied connection (``client``: accepted, ``target``: dialled)."""
+
     def __init__(self, conn: _Connection, name: str) -> None:
         self.conn = conn
         self.name = name  # "client" or "target"
         self.transport: asyncio.Transport | None = None
+        self.reader: _StampedReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
         with contextlib.suppress(OSError):
-            sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.conn.proxy.stamps:
+            self.reader = _StampedReader.attach(self, sock)
+            if self.reader is not None:
+                transport.pause_reading()  # type: ignore[attr-defined]  # the reader reads
         self.conn.made(self)
 
-    def data_received(self, data: bytes) -> None:
-        (self.conn.up if self.name == "client" else self.conn.down).feed(data)
+    def pause_reading(self) -> None:
+        if self.reader is not None:
+            self.reader.pause()
+        elif self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reader is not None:
+            self.reader.resume()
+        elif self.transport is not None:
+            with contextlib.suppress(RuntimeError):
+                self.transport.resume_reading()
+
+    def data_received(self, data: bytes, arrival: float | None = None) -> None:
+        (self.conn.up if self.name == "client" else self.conn.down).feed(data, arrival)
 
     def eof_received(self) -> bool:
         (self.conn.up if self.name == "client" else self.conn.down).end("eof")
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.reader is not None:
+            self.reader.close()
         self.conn.lost(self)
 
     def pause_writing(self) -> None:  # our transport is full: stop reading the other side
         other = self.conn.target if self.name == "client" else self.conn.client
-        if other is not None and other.transport is not None:
-            other.transport.pause_reading()
+        if other is not None:
+            other.pause_reading()
 
     def resume_writing(self) -> None:
         other = self.conn.target if self.name == "client" else self.conn.client
-        if other is not None and other.transport is not None:
-            with contextlib.suppress(RuntimeError):
-                other.transport.resume_reading()
+        if other is not None:
+            other.resume_reading()
 
 
 class _Connection:
@@ -387,21 +496,22 @@ class _Connection:
     def made(self, side: _Side) -> None:
         if side is self.client:
             assert side.transport is not None
-            side.transport.pause_reading()
+            side.pause_reading()  # until the target is connected
             self.link.connections.add(self)
             self.link.metrics.connections.labels(self.link.name).inc()
             self.link.metrics.open_connections.labels(self.link.name).inc()
-            self.up.src = side.transport
+            self.up.src = side
             self.down.attach(side.transport)
             self.proxy.spawn(self._connect())
         else:
             assert side.transport is not None and self.client is not None
-            self.down.src = side.transport
+            self.down.src = side
             self.up.attach(side.transport)
             if self.closed or self.client.transport is None or self.client.transport.is_closing():
                 side.transport.close()  # the client left while we were connecting
                 return
-            self.client.transport.resume_reading()
+            side.resume_reading()
+            self.client.resume_reading()
 
     async def _connect(self) -> None:
         target = self.link.spec.target
@@ -433,8 +543,10 @@ class _Connection:
 class LinkProxySet:
     """Proxies for several links in one event loop, plus the optional control API server."""
 
-    def __init__(self, topology: Topology, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, topology: Topology, *, registry: CollectorRegistry | None = None,
+                 stamps: bool = True) -> None:
         self.topology = topology
+        self.stamps = stamps  # anchor delays at the kernel's receive timestamps (Linux)
         self.metrics = LinkMetrics(registry)
         self.links: dict[str, LinkRuntime] = {
             name: LinkRuntime(name, spec, self.metrics, topology.seed)
@@ -638,15 +750,18 @@ def create_control_app(links: LinkProxySet) -> FastAPI:
 
 async def serve_links(topology: Topology | Mapping[str, LinkSpec | Mapping[str, Any]], *,
                       control: str | None = None, seed: int | None = None,
-                      registry: CollectorRegistry | None = None) -> LinkProxySet:
+                      registry: CollectorRegistry | None = None,
+                      stamps: bool = True) -> LinkProxySet:
     """Start one proxy per link (each link needs ``target``; ``listen`` defaults to
     ``127.0.0.1:0``) in the running loop, plus the control API when ``control`` (host:port,
-    port 0 = any) or ``topology.control`` is set. Close with ``await result.close()``."""
+    port 0 = any) or ``topology.control`` is set. ``stamps``: anchor each chunk's delay at the
+    kernel's receive timestamp (else at the time the proxy read it). Close with
+    ``await result.close()``."""
     if not isinstance(topology, Topology):
         topology = Topology.model_validate({"links": dict(topology), "seed": seed or 0})
     elif seed is not None:
         topology = topology.model_copy(update={"seed": seed})
-    proxies = LinkProxySet(topology, registry=registry)
+    proxies = LinkProxySet(topology, registry=registry, stamps=stamps)
     try:
         await proxies.start(control or topology.control)
     except BaseException:
@@ -662,13 +777,16 @@ def ready_line(proxies: LinkProxySet, **extra: Any) -> str:
         "pid": os.getpid(),
         "control": proxies.control_url,
         "timer": proxies.timer.kind if proxies.timer is not None else None,
+        "arrival": "kernel receive timestamps" if proxies.stamps and _CMSG_SPACE
+                   and sys.platform.startswith("linux") else "read time",
         **extra,
         "links": {n: f"{lk.address[0]}:{lk.address[1]}" for n, lk in proxies.links.items()
                   if lk.address is not None},
     })
 
 
-async def _main_async(topology: Topology, control: str | None, **extra: Any) -> None:
+async def _main_async(topology: Topology, control: str | None, stamps: bool = True,
+                      **extra: Any) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -677,7 +795,7 @@ async def _main_async(topology: Topology, control: str | None, **extra: Any) -> 
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
-    proxies = await serve_links(topology, control=control)
+    proxies = await serve_links(topology, control=control, stamps=stamps)
     print(ready_line(proxies, **extra), flush=True)
     try:
         await stop.wait()
@@ -751,13 +869,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="host:port of the control API (default: the file's control key)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--poll-us", type=float, default=None,
-                        help="busy-poll this long after each event before sleeping (default: the "
-                             "file's poll_us, 200; 0 = off)")
+                        help="largest busy-poll window after events (adaptive, as the kernel's "
+                             "haltpoll; default: the file's poll_us, 200; 0 = off)")
     parser.add_argument("--spin-us", type=float, default=None,
                         help="poll this long before each timed release instead of sleeping "
-                             "(default: the file's spin_us, 1000; 0 = off)")
+                             "(default: the file's spin_us, 0 = off)")
     parser.add_argument("--realtime", action="store_true",
                         help="run under SCHED_FIFO (root) for tight timing on a busy host")
+    parser.add_argument("--no-kernel-stamps", dest="stamps", action="store_false",
+                        help="anchor delays at the time the proxy reads a chunk instead of the "
+                             "kernel's receive timestamp")
     args = parser.parse_args(argv)
     extra: dict[str, Any] = {"realtime": set_realtime() if args.realtime else "off"}
     try:
@@ -778,7 +899,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     extra["poll_us"], extra["spin_us"] = topology.poll_us, topology.spin_us
     try:
-        _run(_main_async(topology, args.control, **extra), topology.poll_us, topology.spin_us)
+        _run(_main_async(topology, args.control, args.stamps, **extra), topology.poll_us,
+             topology.spin_us)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -79,6 +79,46 @@ def test_bytes_intact_and_never_reordered_under_jitter() -> None:
     run(_with_links({"jittery": {"up": {"delay_ms": 25, "jitter_ms": 25}}}, body))
 
 
+@pytest.mark.parametrize("stamps", [True, False])
+def test_delay_runs_from_kernel_arrival_not_from_a_late_read(stamps: bool) -> None:
+    """The proxy's loop is blocked for 30 ms while a request arrives: with kernel receive
+    timestamps the 50 ms delay still runs from the arrival (RTT ~50 ms); anchored at the read
+    (``stamps=False``) the block is added (~80 ms). Also: the drawn-delay counter sums the draws."""
+    import socket
+    import threading
+
+    async def body(proxies: Any, _: str) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = proxies.address("l50")
+        rtts: list[float] = []
+
+        def client() -> None:
+            with socket.create_connection((host, port)) as c:
+                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                c.settimeout(5)
+                for _ in range(5):
+                    loop.call_soon_threadsafe(time.sleep, 0.03)  # the proxy's loop stalls ...
+                    time.sleep(0.005)  # ... and is stalled when the request arrives
+                    t0 = time.perf_counter()
+                    c.sendall(b"ping")
+                    assert c.recv(16) == b"ping"
+                    rtts.append((time.perf_counter() - t0) * 1e3)
+                    time.sleep(0.05)
+
+        await asyncio.to_thread(client)
+        x = np.median(rtts)
+        if stamps:
+            assert 49.0 <= x <= 60.0, rtts
+        else:
+            assert x >= 70.0, rtts
+        drawn = _sample(proxies, "edgebed_link_drawn_delay_seconds_total", link="l50",
+                        direction="up")
+        chunks = _sample(proxies, "edgebed_link_chunks_total", link="l50", direction="up")
+        assert chunks == 5 and drawn == pytest.approx(5 * 0.05), (drawn, chunks)
+
+    run(_with_links({"l50": {"up": {"delay_ms": 50}}}, body, stamps=stamps))
+
+
 def test_delay_is_per_direction() -> None:
     async def body(proxies: Any, target: str) -> None:
         direct = np.median(await measure_rtts(target, 20))
@@ -325,3 +365,23 @@ def test_polling_selector_returns_events_and_honours_timeouts() -> None:
         sel.close()
         a.close()
         b.close()
+
+
+def test_polling_window_adapts_like_haltpoll() -> None:
+    """The busy-poll window starts closed, grows (x2 from 50 µs, up to poll_us) while idle
+    periods end just past it, and shrinks (/2, closed below 50 µs) when they outlast poll_us."""
+    from netem.sched import PollingEpollSelector
+
+    sel = PollingEpollSelector(poll_us=200)
+    try:
+        steps = []
+        for idle_us in (100, 100, 150, 150, 300, 5000, 5000, 5000):
+            sel._adapt(idle_us / 1e6)
+            steps.append(round(sel.window_s * 1e6))
+        assert steps == [50, 100, 200, 200, 100, 50, 0, 0], steps
+        sel._adapt(20e-6)  # a short idle period with the window closed: polling would have won
+        assert sel.window_s == pytest.approx(50e-6)
+        sel._adapt(20e-6)  # ended inside the open window: it stays as it is
+        assert sel.window_s == pytest.approx(50e-6)
+    finally:
+        sel.close()
