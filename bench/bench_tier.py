@@ -6,10 +6,10 @@ Starts the tier as a real server process (real device-time mode, uvicorn with ht
 worker, no access log, the event loop busy-polling 200 µs after events), sends requests one
 after another from one client with keep-alive, and prints p50/p99 round trip, the latency HTTP
 adds over an in-process LiteRT call, requests/s, CPU per request and the server's resident
-memory. Two clients: the standard library's ``http.client`` (the target is checked with it,
-as perf_analyzer or wrk would be used: the client must not be the bottleneck) and httpx (what
-the orchestrator uses; its ~1 ms of client CPU per request on this VM dominates). Targets
-(int8, binary): p50 round trip <= 1.0 ms and >= 800 requests/s.
+memory. Three clients: the standard library's ``http.client`` (the target is checked with it,
+as perf_analyzer or wrk would be used: the client must not be the bottleneck), aiohttp (what the
+orchestrator's replay uses) and httpx (for comparison; its ~1 ms of client CPU per request on
+this VM dominates). Targets (int8, binary): p50 round trip <= 1.0 ms and >= 800 requests/s.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -98,9 +99,38 @@ class _StdlibClient:
         self.conn.close()
 
 
+class _AiohttpClient:
+    """aiohttp's ClientSession (what the orchestrator's replay uses, ``orchestrator.client``),
+    driven one request at a time from its own event loop."""
+
+    def __init__(self, url: str) -> None:
+        import asyncio
+
+        from orchestrator.client import make_session
+
+        self.url = url
+        self.loop = asyncio.new_event_loop()
+        self.session = self.loop.run_until_complete(self._open(make_session))
+
+    @staticmethod
+    async def _open(make_session: Any) -> Any:
+        return make_session(4)
+
+    async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        async with self.session.post(self.url + path, data=body, headers=headers) as r:
+            return r.status, await r.read()
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        return self.loop.run_until_complete(self._post(path, body, headers))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.session.close())
+        self.loop.close()
+
+
 class _HttpxClient:
-    """httpx (what the orchestrator uses): a full-featured client, ~1 ms of CPU per request on
-    the project's VM, so here the client sets the pace."""
+    """httpx (sync): a full-featured client, ~1 ms of CPU per request on the project's VM, so
+    here the client sets the pace (the orchestrator's replay uses aiohttp for that reason)."""
 
     def __init__(self, url: str) -> None:
         self.client = httpx.Client(base_url=url, timeout=10.0, trust_env=False)
@@ -113,7 +143,7 @@ class _HttpxClient:
         self.client.close()
 
 
-CLIENTS = {"http.client": _StdlibClient, "httpx": _HttpxClient}
+CLIENTS = {"http.client": _StdlibClient, "aiohttp": _AiohttpClient, "httpx": _HttpxClient}
 
 
 def bench_http(url: str, model: str, images: np.ndarray, body: str, pid: int,
@@ -161,13 +191,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=3000, help="requests per body type")
     ap.add_argument("--offload-compute", action="store_true",
                     help="run LiteRT on a worker thread instead of the event loop")  # fmt: skip
+    ap.add_argument("--poll-us", type=float, default=None,
+                    help="the tier's poll_us (busy-poll after events; default: the tier's own)")
     ap.add_argument("--json-out", type=Path, help="also write the figures as JSON")
     args = ap.parse_args(argv)
 
     images = _images(args.n)
     raw = bench_raw(args.model, images)
-    overrides = {"offload_compute": True} if args.offload_compute else None
-    with start_tier(args.tier, device_time="real", config_overrides=overrides) as tp:
+    overrides: dict[str, object] = {}
+    if args.offload_compute:
+        overrides["offload_compute"] = True
+    if args.poll_us is not None:
+        overrides["poll_us"] = args.poll_us
+    with start_tier(args.tier, device_time="real", config_overrides=overrides or None) as tp:
         rss_idle = tp.rss_bytes()
         results = {
             (client, body): bench_http(tp.url, args.model, images, body, tp.pid, client)

@@ -144,9 +144,10 @@ class TierConfig(BaseSettings):
     )
     poll_us: float = Field(
         200.0, ge=0, le=10_000,
-        description="busy-poll the event loop this long (µs) after each event before sleeping "
-        "(Linux; saves an idle-CPU wake-up per request on VMs without guest halt polling); "
-        "0 = sleep at once (uvloop when installed)",
+        description="the largest window (µs) the event loop busy-polls after events before "
+        "sleeping, adapted to the traffic as the kernel's haltpoll does (Linux; saves an idle-CPU "
+        "wake-up per request on VMs without guest halt polling); 0 = sleep at once (uvloop when "
+        "installed)",
     )
 
     @classmethod

@@ -28,6 +28,11 @@ from services.tier.device import DeviceSlots, QueueFull, hold_until, try_realtim
 from services.tier.errors import ApiError
 from services.tier.metrics import TierMetrics
 
+# The tier's own response path (hold end -> answer written to the socket: thread hand-off, JSON,
+# HTTP framing) is covered by ending profile holds this much early: an EWMA of what it took.
+SEND_LEAD_GAIN = 0.1
+MAX_SEND_LEAD_S = 0.001  # and never more than half the device time
+
 
 class TierRuntime:
     """One tier's state. Create with a validated config; call :meth:`load` before serving."""
@@ -60,6 +65,7 @@ class TierRuntime:
         self.compute_executor: ThreadPoolExecutor | None = None
         self.ready = False
         self.realtime_holds = False
+        self.send_lead_s = 0.0  # EWMA of hold end -> answer written (see observe_send)
         self._stop = threading.Event()
 
     # --- lifecycle ---
@@ -137,12 +143,18 @@ class TierRuntime:
         return max(1, math.ceil(backlog * typical_ms / 1000.0))
 
     @asynccontextmanager
-    async def slot(self, model: str):  # type: ignore[no-untyped-def]
-        """Hold a device slot for one request; yields (slot, queue_s, start_s)."""
+    async def slot(self, model: str, t_arrive: float):  # type: ignore[no-untyped-def]
+        """Hold a device slot for one request; yields (slot, queue_s, start_s).
+
+        ``start_s`` is when the device starts serving the request: its arrival in the handler
+        (``t_arrive``) when a slot was free, else the moment a finishing request handed its slot
+        over; ``queue_s`` is the real wait for the slot (0 when one was free)."""
         t_enter = time.perf_counter()
+        waited = False
         try:
             slot = self.slots.try_acquire()
             if slot is None:
+                waited = True
                 self.metrics.queue_depth_t.set(self.slots.waiting + 1)
                 slot = await self.slots.acquire()
         except QueueFull:
@@ -157,13 +169,26 @@ class TierRuntime:
             ) from None
         finally:
             self.metrics.queue_depth_t.set(self.slots.waiting)
-        t_start = time.perf_counter()
+        t_start = time.perf_counter() if waited else min(t_arrive, t_enter)
         self.metrics.in_service_t.set(self.slots.in_service)
         try:
-            yield slot, t_start - t_enter, t_start
+            yield slot, (t_start - t_enter) if waited else 0.0, t_start
         finally:
             self.slots.release(slot)
             self.metrics.in_service_t.set(self.slots.in_service)
+
+    def hold_end(self, t_start: float, target_ms: float) -> float:
+        """When a profile hold starting at ``t_start`` ends: the device time minus the send lead
+        (the typical time the answer then takes to reach the socket, at most half the device
+        time), so the answer leaves the tier ``target_ms`` after the device started on it."""
+        lead = min(self.send_lead_s, MAX_SEND_LEAD_S, target_ms / 2000.0)
+        return t_start + target_ms / 1000.0 - lead
+
+    def observe_send(self, send_s: float) -> None:
+        """Learn the send lead from one answer: ``send_s`` from its hold's end to its body
+        written to the transport (called by the routes once the response is sent)."""
+        send_s = min(max(send_s, 0.0), MAX_SEND_LEAD_S)
+        self.send_lead_s += SEND_LEAD_GAIN * (send_s - self.send_lead_s)
 
     async def hold(self, deadline_s: float) -> float:
         """Wait (off the event loop) until ``deadline_s``; returns the release time."""
@@ -196,11 +221,16 @@ class TierRuntime:
 
     async def infer(
         self, model: str, image: np.ndarray, request_id: str | None, t_arrive: float
-    ) -> dict[str, Any]:
-        """Classify one image on this tier, holding it for the device time in profile mode."""
+    ) -> tuple[dict[str, Any], float | None]:
+        """Classify one image on this tier, holding it for the device time in profile mode.
+
+        Returns the answer and, in profile mode, when its hold ended (for :meth:`observe_send`).
+        """
         self.check_model(model, "vision")
         profile = self.cfg.models[model].device_time == "profile"
-        async with self.slot(model) as (slot, queue_s, t_start):
+        t_end: float | None = None
+        lead_ms = 0.0
+        async with self.slot(model, t_arrive) as (slot, queue_s, t_start):
             if self.compute_executor is None:
                 probs, compute_s = self.instances[slot][model].probabilities(image)
             else:
@@ -209,8 +239,10 @@ class TierRuntime:
                 )
             if profile:
                 target_ms = self.device_target_ms(model)
-                t_end = await self.hold(t_start + target_ms / 1000.0)
-                emulated_s = t_end - t_start
+                until = self.hold_end(t_start, target_ms)
+                lead_ms = (t_start + target_ms / 1000.0 - until) * 1000.0
+                t_end = await self.hold(until)
+                emulated_s = t_end - t_start + lead_ms / 1000.0
             else:
                 target_ms = compute_s * 1000.0
                 emulated_s = compute_s
@@ -240,11 +272,12 @@ class TierRuntime:
                 "compute_ms": compute_s * 1000.0,
                 "emulated_ms": emulated_ms,
                 "target_ms": target_ms,
+                "send_lead_ms": lead_ms,
                 "service_ms": service_s * 1000.0,
             },
             "energy": e,
             "emulated": {"device_time": profile, "energy": True, "lm": False},
-        }
+        }, t_end
 
     # --- emulated language models ---
 
@@ -257,8 +290,10 @@ class TierRuntime:
         queue_s: float,
         held_s: float,
         t_arrive: float,
+        lead_ms: float = 0.0,
     ) -> dict[str, Any]:
-        """Account one finished LM request (metrics, energy) and build its answer."""
+        """Account one finished LM request (metrics, energy) and build its answer; ``held_s``
+        is the device time (including the send lead the hold ended early by)."""
         service_s = time.perf_counter() - t_arrive
         queue_ms = queue_s * 1000.0
         total_ms = held_s * 1000.0
@@ -286,6 +321,7 @@ class TierRuntime:
                 "ttft_ms": p.ttft_ms,
                 "total_ms": total_ms,
                 "target_ms": p.total_ms,
+                "send_lead_ms": lead_ms,
                 "service_ms": service_s * 1000.0,
             },
             "energy": e,
@@ -300,14 +336,19 @@ class TierRuntime:
         length: str | None,
         request_id: str | None,
         t_arrive: float,
-    ) -> dict[str, Any]:
-        """Emulated LM answer, holding a device slot for ttft + (tokens - 1) × tpot."""
+    ) -> tuple[dict[str, Any], float]:
+        """Emulated LM answer, holding a device slot for ttft + (tokens - 1) × tpot; returns
+        the answer and when its hold ended (for :meth:`observe_send`)."""
         self.check_model(model, "lm")
         p = lm.plan(self.cfg.lm[model], max_tokens, length)
         words = lm.generate_tokens(model, prompt, p.tokens)
-        async with self.slot(model) as (_, queue_s, t_start):
-            t_end = await self.hold(t_start + p.total_ms / 1000.0)
-        return self.lm_result(model, p, words, request_id, queue_s, t_end - t_start, t_arrive)
+        async with self.slot(model, t_arrive) as (_, queue_s, t_start):
+            until = self.hold_end(t_start, p.total_ms)
+            lead_s = t_start + p.total_ms / 1000.0 - until
+            t_end = await self.hold(until)
+        held_s = t_end - t_start + lead_s
+        return self.lm_result(model, p, words, request_id, queue_s, held_s, t_arrive,
+                              lead_s * 1000.0), t_end
 
 
 def _is_realtime() -> bool:

@@ -55,8 +55,13 @@ class Emulated(BaseModel):
 class InferTiming(BaseModel):
     queue_ms: float = Field(description="real wait for a free device slot")
     compute_ms: float = Field(description="real LiteRT compute on this host")
-    emulated_ms: float = Field(description="device time the request was held (measured)")
+    emulated_ms: float = Field(
+        description="device time: from the start of service (arrival, or the slot hand-over "
+        "after a wait) to the end of the hold plus send_lead_ms (profile); real compute (real)")
     target_ms: float = Field(description="device time drawn from the profile (latency + jitter)")
+    send_lead_ms: float = Field(
+        0.0, description="the hold ended this early to cover the tier's own response path "
+        "(learned; 0 in real mode)")
     service_ms: float = Field(description="all time inside the server")
 
 
@@ -88,8 +93,11 @@ class GenerateRequest(BaseModel):
 class GenerateTiming(BaseModel):
     queue_ms: float
     ttft_ms: float = Field(description="emulated time to first token")
-    total_ms: float = Field(description="device time held, first to last token (measured)")
+    total_ms: float = Field(description="device time, start of service to last token "
+                            "(measured hold + send_lead_ms)")
     target_ms: float = Field(description="ttft + (tokens - 1) × tpot from the profile")
+    send_lead_ms: float = Field(0.0, description="the hold ended this early to cover the "
+                                "tier's own response path (learned)")
     service_ms: float
 
 

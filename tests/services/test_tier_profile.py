@@ -96,6 +96,34 @@ def test_emulated_time_matches_configured_latency(tier_factory: Callable[..., Ti
         check_holds(got, [configured_ms] * len(got), model)
 
 
+def test_answer_leaves_the_tier_one_device_time_after_it_arrived(
+    tier_factory: Callable[..., TierProcess],
+) -> None:
+    """The device time covers the tier's own handling: a hold ends ``send_lead_ms`` early (the
+    learned time from hold end to the answer on the socket), so what a client sees is the
+    device time plus only the HTTP parse before the handler and the client's own cost."""
+    tp = tier_factory("edge", config_overrides={"models": {"int8": {"latency_ms": 10.0}}})
+    host, port = tp.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    seen, leads = [], []
+    try:
+        for i in range(60):
+            time.sleep(0.01)
+            t0 = time.perf_counter()
+            conn.request("POST", "/v1/infer?model=int8", body=bytes(784), headers=BINARY)
+            body = conn.getresponse().read()
+            seen.append((time.perf_counter() - t0) * 1000.0)
+            leads.append(json.loads(body)["timing"]["send_lead_ms"])
+    finally:
+        conn.close()
+    over = np.median(seen[20:]) - 10.0
+    report = (f"configured 10 ms; client round trip median {np.median(seen[20:]):.3f} ms; "
+              f"send lead learned {leads[-1]:.3f} ms (first {leads[0]:.3f})")
+    print(report)
+    assert leads[0] == 0.0 and 0.0 < leads[-1] <= 1.0, report
+    assert -0.3 <= over <= 1.5, report
+
+
 def test_jitter_draws_are_held(tier_factory: Callable[..., TierProcess]) -> None:
     jitter = {"dist": "uniform", "low_ms": 0.0, "high_ms": 10.0}
     tp = tier_factory(

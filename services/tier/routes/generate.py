@@ -15,6 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from services.tier import lm
 from services.tier.deps import get_runtime
 from services.tier.errors import ApiError
+from services.tier.responses import SentTimedResponse, send_observer
 from services.tier.runtime import TierRuntime
 from services.tier.schemas import ERRORS, GenerateRequest, GenerateResponse
 
@@ -42,7 +43,7 @@ async def generate(
     try:
         if req.stream:
             return _stream(req, runtime, t_arrive)
-        result = await runtime.generate(
+        result, hold_end = await runtime.generate(
             req.model, req.prompt, req.max_tokens, req.length, req.request_id, t_arrive
         )
     except ApiError as exc:
@@ -52,7 +53,7 @@ async def generate(
     except Exception:
         runtime.metrics.count(req.model, "server_error")
         raise
-    return Response(to_json(result), media_type="application/json")
+    return SentTimedResponse(to_json(result), send_observer(runtime, hold_end))
 
 
 def _stream(req: GenerateRequest, runtime: TierRuntime, t_arrive: float) -> StreamingResponse:
@@ -69,7 +70,7 @@ def _stream(req: GenerateRequest, runtime: TierRuntime, t_arrive: float) -> Stre
     times_ms = lm.token_times_ms(p)
 
     async def lines() -> AsyncIterator[bytes]:
-        async with runtime.slot(req.model) as (_, queue_s, t_start):
+        async with runtime.slot(req.model, t_arrive) as (_, queue_s, t_start):
             i = 0
             while i < p.tokens:
                 j = int(np.searchsorted(times_ms, times_ms[i] + STREAM_CHUNK_MS, side="right"))

@@ -18,6 +18,7 @@ from services.tier.inputs import (
     media_type,
     read_body_limited,
 )
+from services.tier.responses import SentTimedResponse, send_observer
 from services.tier.runtime import TierRuntime
 from services.tier.schemas import ERRORS, InferRequest, InferResponse
 
@@ -91,7 +92,9 @@ async def infer(request: Request) -> Response:
                 "application/octet-stream",
             )
         name = inp.model
-        result = await runtime.infer(inp.model, inp.image, inp.request_id or x_request_id, t_arrive)
+        result, hold_end = await runtime.infer(
+            inp.model, inp.image, inp.request_id or x_request_id, t_arrive
+        )
     except ApiError as exc:
         if exc.status_code not in (404, 503):
             runtime.metrics.count(name, "client_error")
@@ -99,4 +102,4 @@ async def infer(request: Request) -> Response:
     except Exception:
         runtime.metrics.count(name, "server_error")
         raise
-    return Response(to_json(result), media_type="application/json")
+    return SentTimedResponse(to_json(result), send_observer(runtime, hold_end))

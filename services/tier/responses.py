@@ -1,0 +1,37 @@
+"""A JSON response that reports when its body was handed to the server (profile holds' send lead)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+
+class SentTimedResponse(Response):
+    """JSON bytes; after the body is written, ``on_sent(time.perf_counter())`` is called.
+
+    The tier ends a profile hold early by the time its answers typically take from the end of
+    the hold to the socket (``TierRuntime.observe_send``); this is where that time is measured.
+    """
+
+    media_type = "application/json"
+
+    def __init__(self, content: bytes, on_sent: Callable[[float], None] | None = None) -> None:
+        super().__init__(content)
+        self._on_sent = on_sent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+        if self._on_sent is not None:
+            self._on_sent(time.perf_counter())
+
+
+def send_observer(runtime: object, hold_end_s: float | None) -> Callable[[float], None] | None:
+    """The ``on_sent`` callback feeding ``runtime.observe_send`` for a hold that ended at
+    ``hold_end_s`` (None: nothing was held, nothing to learn)."""
+    if hold_end_s is None:
+        return None
+    observe = runtime.observe_send  # type: ignore[attr-defined]
+    return lambda t_sent: observe(t_sent - hold_end_s)
