@@ -153,7 +153,7 @@ class RunResult:
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("edgebed", "numpy", "httpx", "pandas", "ai-edge-litert", "prometheus-client"):
+    for pkg in ("edgebed", "numpy", "aiohttp", "pandas", "ai-edge-litert", "prometheus-client"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -212,11 +212,14 @@ def run_experiment(
     eval_set: EvalSet | None = None,
     plots: bool = True,
     metrics: OrchestratorMetrics | None = None,
+    probe: bool = True,
 ) -> RunResult:
     """Replay the configured workload through each policy; write and return the results.
 
     ``run_info`` is merged into run.json (the stack adds the link backend in force and the
     measured link fidelity there). ``metrics`` lets a caller pass its own registry/server.
+    ``probe=False`` skips asking each target for ``/readyz`` and ``/v1/models`` before the run
+    (then only the workload's requests reach the targets).
     """
     cfg = config if isinstance(config, RunConfig) else RunConfig.model_validate(config)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg.name)
@@ -249,7 +252,7 @@ def run_experiment(
         "n_requests": len(requests),
         "policies": labels,
         "versions": _versions(),
-        "tiers": probe_tiers(cfg.targets),
+        "tiers": probe_tiers(cfg.targets) if probe else "not probed",
         "metrics_port": port,
         "emulated": {
             "device_time": "tiers in profile mode hold requests for a modelled device latency",

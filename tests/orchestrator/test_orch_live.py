@@ -183,20 +183,17 @@ def test_tier_killed_mid_run(tmp_path: Path) -> None:
 def test_always_cloud_matches_simulator_on_emulated_links(tmp_path: Path) -> None:
     """Profile-mode CLOUD (12 ms device time) behind a link proxy drawing the simulator's RTT
     (integer-uniform 30–120 ms, one draw per request): mean CV latency within 3 % of the
-    simulator's expectation 12 + 75 = 87 ms."""
+    simulator's expectation, cloud compute + mean RTT, for the RTTs this run drew (common random
+    numbers; the law's 87 ms is printed too)."""
     require_artifacts()
     # n=500 with the link's draws seeded (topology seed 5): the same draws every run
     a = measure_agreement(tmp_path, n=500, rate_rps=20.0, seed=5)
     print(a.report())
     assert a.outcomes == {"ok": 500}, a.outcomes
-    # one chunk per request on the uplink: each request saw exactly one RTT draw (the run's
-    # two probes, GET /readyz and /v1/models, cross the link too)
-    assert a.link_chunks == a.n + 2, a.report()
-    if a.baseline_overhead_ms > 1.3:
-        pytest.skip(
-            "host too loaded for a 3 % (2.6 ms) timing check: HTTP round trip without the link "
-            f"already adds {a.baseline_overhead_ms:.2f} ms; measured: {a.report()}"
-        )
+    # one chunk per request on the uplink: each request saw exactly one RTT draw
+    assert a.link_chunks == a.n, a.report()
+    # the draws follow the simulator's law: their mean within 3.5 standard errors of 75 ms
+    assert abs(a.drawn_rtt_ms - 75.0) <= 3.5 * 26.27 / a.n**0.5, a.report()
     assert a.error_pct <= 3.0, a.report()
 
 
