@@ -16,8 +16,9 @@ A chunk's ``arrival`` is the kernel's receive timestamp of its bytes (``SO_TIMES
 with ``recvmsg`` by :class:`_StampedReader`), as netem stamps a packet when it is queued: a
 proxy that wakes late to read a chunk still releases it on time. Where the kernel gives no
 stamp, arrival is when the proxy read it. Releases are timed by a ``timerfd`` in the event loop
-(:class:`LoopTimer`): asyncio's own timers round to whole milliseconds. For tight timing tails on a busy host run the subprocess
-with ``--realtime`` (SCHED_FIFO, needs root), as netem's kernel timers effectively are.
+(:class:`LoopTimer`): asyncio's own timers round to whole milliseconds. For tight timing tails
+on a busy host run the subprocess with ``--realtime`` (SCHED_FIFO, needs root), as netem's
+kernel timers effectively are.
 
 Run N links in one process::
 

@@ -85,7 +85,6 @@ def test_delay_runs_from_kernel_arrival_not_from_a_late_read(stamps: bool) -> No
     timestamps the 50 ms delay still runs from the arrival (RTT ~50 ms); anchored at the read
     (``stamps=False``) the block is added (~80 ms). Also: the drawn-delay counter sums the draws."""
     import socket
-    import threading
 
     async def body(proxies: Any, _: str) -> None:
         loop = asyncio.get_running_loop()

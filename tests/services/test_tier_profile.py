@@ -107,7 +107,7 @@ def test_answer_leaves_the_tier_one_device_time_after_it_arrived(
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     seen, leads = [], []
     try:
-        for i in range(60):
+        for _ in range(60):
             time.sleep(0.01)
             t0 = time.perf_counter()
             conn.request("POST", "/v1/infer?model=int8", body=bytes(784), headers=BINARY)
