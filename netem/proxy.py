@@ -299,7 +299,10 @@ class _Pipe:
         if self.queued_bytes > HIGH_WATER_BYTES and self.src is not None and not self.paused_src:
             self.paused_src = True
             self.src.pause_reading()
-        self._arm()
+        if self.queue[0][0] <= time.monotonic() + EARLY_S:
+            self._wake()  # already due (a zero draw, or a read later than the draw): no timer
+        else:
+            self._arm()
 
     def _arm(self) -> None:
         if not self.queue:
