@@ -156,3 +156,28 @@ def test_paced_baseline_gap_is_the_links_median_rtt() -> None:
     assert baseline_gap_ms(LinkSpec.model_validate({"delay_ms": 5})) == pytest.approx(10.0)
     assert baseline_gap_ms(LinkSpec.model_validate({"loss_pct": 20})) == 0.0  # mostly no wait
     assert baseline_gap_ms(LinkSpec.model_validate({"delay_ms": 500})) == BASELINE_MAX_GAP_MS
+
+
+def test_fidelity_verdict_says_when_the_sample_is_too_small() -> None:
+    """A 2 ms miss of N(50, 10) is 'n?' with 20 probes (3.3 SE > the 1 ms tolerance) and 'NO'
+    with 4000 (then the mean can tell); a faithful large sample is 'yes'."""
+    from netem.probe import fidelity_report, format_table
+
+    link = LinkSpec.model_validate({"distribution": "normal", "delay_ms": 25,
+                                    "jitter_ms": 10 / 2**0.5})
+    rng = np.random.default_rng(3)
+
+    def shifted(n: int, shift: float) -> np.ndarray:
+        x = rng.normal(50, 10, n)
+        return x - x.mean() + 50 + shift  # exact sample mean 50 + shift
+
+    small = fidelity_report(shifted(20, 2.0), link, name="small")
+    large = fidelity_report(shifted(4000, 2.0), link, name="large")
+    good = fidelity_report(shifted(4000, 0.0), link, name="good")
+    assert not small["mean_ok"] and not small["mean_conclusive"] and small["ks_ok"]
+    assert not large["mean_ok"] and large["mean_conclusive"]
+    assert good["mean_ok"] and good["ks_ok"]
+    rows = {line.split()[0]: line.split()[-1] for line in format_table([small, large, good])
+            .splitlines()[2:] if line.split()[0] in ("small", "large", "good")}
+    assert rows == {"small": "n?", "large": "NO", "good": "yes"}, rows
+    assert "Probe more to decide" in format_table([small])
