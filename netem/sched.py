@@ -30,7 +30,7 @@ class PollingEpollSelector(selectors.EpollSelector):
     A process woken on an idle CPU pays the CPU's wake-up latency. On virtual machines that
     disable guest halt polling (Firecracker sets ``haltpoll.guest_halt_poll_ns=0``), every
     wake-up of an idle vCPU is a VM exit: the project's 2-core VM pays ~80 µs per hop for it
-    (a zero-delay proxy hop added ~310 µs instead of ~130 µs), and a timer due in 5 ms fires
+    (a zero-delay proxy hop adds ~300 µs instead of ~80–130 µs), and a timer due in 5 ms fires
     ~180 µs late at the median and up to ~2 ms late at p99 when the host is busy. Two remedies,
     both CPU spent only around events, nothing while idle:
 

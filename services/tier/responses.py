@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from services.tier.runtime import TierRuntime
 
 
 class SentTimedResponse(Response):
@@ -28,10 +32,10 @@ class SentTimedResponse(Response):
             self._on_sent(time.perf_counter())
 
 
-def send_observer(runtime: object, hold_end_s: float | None) -> Callable[[float], None] | None:
+def send_observer(runtime: TierRuntime,
+                  hold_end_s: float | None) -> Callable[[float], None] | None:
     """The ``on_sent`` callback feeding ``runtime.observe_send`` for a hold that ended at
     ``hold_end_s`` (None: nothing was held, nothing to learn)."""
     if hold_end_s is None:
         return None
-    observe = runtime.observe_send  # type: ignore[attr-defined]
-    return lambda t_sent: observe(t_sent - hold_end_s)
+    return lambda t_sent: runtime.observe_send(t_sent - hold_end_s)
