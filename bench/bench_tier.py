@@ -15,6 +15,7 @@ this VM dominates). Targets (int8, binary): p50 round trip <= 1.0 ms and >= 800 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.paths import eval_set_path, models_dir
 from models.runtime import LiteRTModel
+from orchestrator.client import make_session
 from services.tier.process import start_tier
 
 TARGET_P50_MS = 1.0
@@ -104,16 +106,12 @@ class _AiohttpClient:
     driven one request at a time from its own event loop."""
 
     def __init__(self, url: str) -> None:
-        import asyncio
-
-        from orchestrator.client import make_session
-
         self.url = url
         self.loop = asyncio.new_event_loop()
-        self.session = self.loop.run_until_complete(self._open(make_session))
+        self.session = self.loop.run_until_complete(self._open())
 
     @staticmethod
-    async def _open(make_session: Any) -> Any:
+    async def _open() -> Any:  # aiohttp wants its session made inside a running loop
         return make_session(4)
 
     async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:

@@ -11,21 +11,31 @@ from typing import Any
 DEFAULT_CONTROL = os.environ.get("EDGEBED_LINK_CONTROL", "http://127.0.0.1:9100")
 
 
+def add_proxy_arguments(p: argparse.ArgumentParser) -> None:
+    """The link proxy's options, for ``edgebed link proxy`` and ``python -m netem.proxy``."""
+    p.add_argument("--config", required=True, help="topology YAML (links with listen/target)")
+    p.add_argument("--control", default=None,
+                   help="host:port of the control API (default: the file's control key)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--poll-us", type=float, default=None,
+                   help="largest busy-poll window after events (adaptive, as the kernel's "
+                        "haltpoll; default: the file's poll_us, 200; 0 = off)")
+    p.add_argument("--spin-us", type=float, default=None,
+                   help="poll this long before each timed release instead of sleeping "
+                        "(default: the file's spin_us, 0 = off)")
+    p.add_argument("--realtime", action="store_true",
+                   help="run under SCHED_FIFO (root) for tight timing on a busy host")
+    p.add_argument("--no-kernel-stamps", dest="stamps", action="store_false",
+                   help="anchor delays at the time the proxy reads a chunk instead of the "
+                        "kernel's receive timestamp")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("link", help="emulated links: proxy, show, set, probe, backend, tc apply")
     lsub = p.add_subparsers(dest="link_command", metavar="ACTION")
 
     px = lsub.add_parser("proxy", help="run one userspace link proxy per link of a topology file")
-    px.add_argument("--config", required=True, help="topology YAML (links with listen/target)")
-    px.add_argument("--control", default=None, help="control API host:port (default: file's)")
-    px.add_argument("--seed", type=int, default=None)
-    px.add_argument("--realtime", action="store_true", help="SCHED_FIFO (root) for tight timing")
-    px.add_argument("--poll-us", type=float, default=None,
-                    help="largest adaptive busy-poll window after events (default: file's, 200)")
-    px.add_argument("--spin-us", type=float, default=None,
-                    help="poll this long before each release (default: file's, 0 = off)")
-    px.add_argument("--no-kernel-stamps", dest="stamps", action="store_false",
-                    help="anchor delays at read time instead of the kernel's receive timestamp")
+    add_proxy_arguments(px)
     px.set_defaults(func=_proxy)
 
     sh = lsub.add_parser("show", help="show links (from a running proxy, or a topology file)")
@@ -89,21 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _proxy(args: argparse.Namespace) -> int:
-    from netem.proxy import main
+    from netem.proxy import run
 
-    argv = ["--config", args.config]
-    if args.control:
-        argv += ["--control", args.control]
-    if args.seed is not None:
-        argv += ["--seed", str(args.seed)]
-    if args.realtime:
-        argv.append("--realtime")
-    for flag in ("poll_us", "spin_us"):
-        if getattr(args, flag) is not None:
-            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-    if not args.stamps:
-        argv.append("--no-kernel-stamps")
-    return main(argv)
+    return run(args)
 
 
 def _http(method: str, url: str, body: Any = None) -> tuple[int, Any]:

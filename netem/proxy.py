@@ -85,6 +85,7 @@ LEAD_GAIN = 0.05
 READ_BYTES = 256 * 1024  # per recvmsg, as asyncio's transports read
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS is the same
 _CMSG_SPACE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
+KERNEL_STAMPS = bool(_CMSG_SPACE) and sys.platform.startswith("linux")  # recvmsg + SO_TIMESTAMPNS
 
 
 class _Timespec(ctypes.Structure):
@@ -368,7 +369,7 @@ class _StampedReader:
     @classmethod
     def attach(cls, side: _Side, sock: socket.socket | None) -> _StampedReader | None:
         """A reader for ``sock`` where the platform has recvmsg and SO_TIMESTAMPNS, else None."""
-        if sock is None or not _CMSG_SPACE or not sys.platform.startswith("linux"):
+        if sock is None or not KERNEL_STAMPS:
             return None
         try:
             return cls(side, sock)
@@ -781,8 +782,8 @@ def ready_line(proxies: LinkProxySet, **extra: Any) -> str:
         "pid": os.getpid(),
         "control": proxies.control_url,
         "timer": proxies.timer.kind if proxies.timer is not None else None,
-        "arrival": "kernel receive timestamps" if proxies.stamps and _CMSG_SPACE
-                   and sys.platform.startswith("linux") else "read time",
+        "arrival": "kernel receive timestamps" if proxies.stamps and KERNEL_STAMPS
+                   else "read time",
         **extra,
         "links": {n: f"{lk.address[0]}:{lk.address[1]}" for n, lk in proxies.links.items()
                   if lk.address is not None},
@@ -866,24 +867,16 @@ def proxy_subprocess(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from netem.cli import add_proxy_arguments
+
     parser = argparse.ArgumentParser(prog="python -m netem.proxy",
                                      description="Run one userspace link proxy per link.")
-    parser.add_argument("--config", required=True, help="topology YAML (links with target)")
-    parser.add_argument("--control", default=None,
-                        help="host:port of the control API (default: the file's control key)")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--poll-us", type=float, default=None,
-                        help="largest busy-poll window after events (adaptive, as the kernel's "
-                             "haltpoll; default: the file's poll_us, 200; 0 = off)")
-    parser.add_argument("--spin-us", type=float, default=None,
-                        help="poll this long before each timed release instead of sleeping "
-                             "(default: the file's spin_us, 0 = off)")
-    parser.add_argument("--realtime", action="store_true",
-                        help="run under SCHED_FIFO (root) for tight timing on a busy host")
-    parser.add_argument("--no-kernel-stamps", dest="stamps", action="store_false",
-                        help="anchor delays at the time the proxy reads a chunk instead of the "
-                             "kernel's receive timestamp")
-    args = parser.parse_args(argv)
+    add_proxy_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the links of ``args.config`` until SIGTERM/SIGINT (options: ``add_proxy_arguments``)."""
     extra: dict[str, Any] = {"realtime": set_realtime() if args.realtime else "off"}
     try:
         topology = load_topology(args.config)

@@ -177,12 +177,13 @@ class TierRuntime:
             self.slots.release(slot)
             self.metrics.in_service_t.set(self.slots.in_service)
 
-    def hold_end(self, t_start: float, target_ms: float) -> float:
-        """When a profile hold starting at ``t_start`` ends: the device time minus the send lead
-        (the typical time the answer then takes to reach the socket, at most half the device
-        time), so the answer leaves the tier ``target_ms`` after the device started on it."""
-        lead = min(self.send_lead_s, MAX_SEND_LEAD_S, target_ms / 2000.0)
-        return t_start + target_ms / 1000.0 - lead
+    async def hold_device(self, t_start: float, target_ms: float) -> tuple[float, float]:
+        """Hold a profile request that started service at ``t_start`` for ``target_ms`` of
+        device time, less the send lead (the typical time the answer then takes to reach the
+        socket, at most half the device time), so the answer leaves the tier ``target_ms``
+        after the device started on it. Returns (hold end, lead used), both in seconds."""
+        lead_s = min(self.send_lead_s, MAX_SEND_LEAD_S, target_ms / 2000.0)
+        return await self.hold(t_start + target_ms / 1000.0 - lead_s), lead_s
 
     def observe_send(self, send_s: float) -> None:
         """Learn the send lead from one answer: ``send_s`` from its hold's end to its body
@@ -239,10 +240,9 @@ class TierRuntime:
                 )
             if profile:
                 target_ms = self.device_target_ms(model)
-                until = self.hold_end(t_start, target_ms)
-                lead_ms = (t_start + target_ms / 1000.0 - until) * 1000.0
-                t_end = await self.hold(until)
-                emulated_s = t_end - t_start + lead_ms / 1000.0
+                t_end, lead_s = await self.hold_device(t_start, target_ms)
+                lead_ms = lead_s * 1000.0
+                emulated_s = t_end - t_start + lead_s
             else:
                 target_ms = compute_s * 1000.0
                 emulated_s = compute_s
@@ -343,9 +343,7 @@ class TierRuntime:
         p = lm.plan(self.cfg.lm[model], max_tokens, length)
         words = lm.generate_tokens(model, prompt, p.tokens)
         async with self.slot(model, t_arrive) as (_, queue_s, t_start):
-            until = self.hold_end(t_start, p.total_ms)
-            lead_s = t_start + p.total_ms / 1000.0 - until
-            t_end = await self.hold(until)
+            t_end, lead_s = await self.hold_device(t_start, p.total_ms)
         held_s = t_end - t_start + lead_s
         return self.lm_result(model, p, words, request_id, queue_s, held_s, t_arrive,
                               lead_s * 1000.0), t_end
