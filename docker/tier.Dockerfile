@@ -25,6 +25,7 @@ COPY models /src/models
 COPY services /src/services
 COPY orchestrator /src/orchestrator
 COPY netem /src/netem
+COPY common /src/common
 # Trim what a CPU-only Interpreter never loads: LiteRT's WebGPU accelerator, its NPU vendor
 # plugins and ahead-of-time compiler, the plugin tool binary; pip itself; test suites.
 RUN pip install --no-deps /src \

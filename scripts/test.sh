@@ -13,7 +13,7 @@ pipq .venv -e '.[test]'
 
 echo "== ruff, mypy"
 .venv/bin/ruff check .
-.venv/bin/mypy models services netem orchestrator
+.venv/bin/mypy common models services netem orchestrator
 
 if [ "${EDGEBED_SKIP_TRAIN:-0}" != 1 ]; then
   echo "== training smoke test (train extra, TensorFlow)"

@@ -1,0 +1,1 @@
+"""Small pieces every edgebed package uses (no imports from the other packages)."""
