@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
-DEFAULT_CONTROL = os.environ.get("EDGEBED_LINK_CONTROL", "http://127.0.0.1:9100")
+DEFAULT_CONTROL = "http://127.0.0.1:9100"
+STATE_FILE = "stack.json"  # written by ``edgebed up`` in $EDGEBED_STATE_DIR or ./.edgebed
 
 
 def add_proxy_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,6 +30,9 @@ def add_proxy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-kernel-stamps", dest="stamps", action="store_false",
                    help="anchor delays at the time the proxy reads a chunk instead of the "
                         "kernel's receive timestamp")
+    p.add_argument("--token-file", default=None,
+                   help="file (mode 0600) holding the control API's token: every PUT then "
+                        "needs 'Authorization: Bearer <token>' (GETs stay open)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,15 +43,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_proxy_arguments(px)
     px.set_defaults(func=_proxy)
 
+    where = ("default: the running local stack's (its state file $EDGEBED_STATE_DIR/stack.json "
+             "or ./.edgebed/stack.json), else $EDGEBED_LINK_CONTROL, else " + DEFAULT_CONTROL)
     sh = lsub.add_parser("show", help="show links (from a running proxy, or a topology file)")
-    sh.add_argument("--control", default=DEFAULT_CONTROL, help="proxy control URL")
+    sh.add_argument("--control", default=None, help=f"proxy control URL ({where})")
+    sh.add_argument("--token-file", default=None, help="not needed for reading (accepted for "
+                                                       "symmetry with set)")
     sh.add_argument("--config", default=None, help="show this topology file instead")
     sh.add_argument("--json", action="store_true")
     sh.set_defaults(func=_show)
 
     st = lsub.add_parser("set", help="change a running link (partial update)")
     st.add_argument("name")
-    st.add_argument("--control", default=DEFAULT_CONTROL)
+    st.add_argument("--control", default=None, help=f"proxy control URL ({where})")
+    st.add_argument("--token-file", default=None,
+                    help="file holding the control API's token (default: the running local "
+                         "stack's link_token_file)")
     st.add_argument("--direction", choices=("up", "down", "both"), default="both")
     st.add_argument("--delay-ms", type=float)
     st.add_argument("--jitter-ms", type=float)
@@ -104,18 +116,84 @@ def _proxy(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+def state_file_path() -> Path:
+    """The local stack's state file: ``$EDGEBED_STATE_DIR/stack.json`` or
+    ``./.edgebed/stack.json``."""
+    return Path(os.environ.get("EDGEBED_STATE_DIR") or ".edgebed") / STATE_FILE
+
+
+class Target:
+    """Where ``link show``/``link set`` talk to and with which token, and why (for errors)."""
+
+    def __init__(self, control: str, source: str, token_file: str | None) -> None:
+        self.control = control.rstrip("/")
+        self.source = source
+        self.token_file = token_file
+
+
+def resolve_target(control: str | None, token_file: str | None) -> Target:
+    """``--control``, else the running local stack's state file (plain JSON, keys
+    ``link_control_urls.links`` and ``link_token_file``), else ``$EDGEBED_LINK_CONTROL``,
+    else the default; ``--token-file`` else the state file's. ``ValueError`` naming the file
+    when the state file exists but is unusable."""
+    if control:
+        return Target(control, "--control", token_file)
+    path = state_file_path()
+    if path.exists():
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"stack state file {path} is unreadable ({exc}); pass --control "
+                             f"URL or remove the file") from None
+        urls = state.get("link_control_urls") if isinstance(state, dict) else None
+        url = urls.get("links") if isinstance(urls, dict) else None
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"the stack in {path} runs no link proxy control API (no "
+                             f"link_control_urls.links: link backend "
+                             f"{state.get('link_backend', '?') if isinstance(state, dict) else '?'}); "
+                             f"pass --control URL")
+        tf = state.get("link_token_file")
+        return Target(url, f"the stack state file {path}",
+                      token_file or (tf if isinstance(tf, str) and tf else None))
+    env = os.environ.get("EDGEBED_LINK_CONTROL")
+    if env:
+        return Target(env, "$EDGEBED_LINK_CONTROL", token_file)
+    return Target(DEFAULT_CONTROL, f"the default (no stack state file at {path}, "
+                                   f"$EDGEBED_LINK_CONTROL unset)", token_file)
+
+
+def _http(method: str, target: Target, path: str, body: Any = None) -> tuple[int, Any]:
     import httpx
 
+    from netem.auth import auth_headers, read_token_file
+
+    headers: dict[str, str] = {}
+    if method != "GET" and target.token_file:
+        try:
+            headers = auth_headers(read_token_file(target.token_file))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 0, None
+    url = f"{target.control}{path}"
     try:
-        resp = httpx.request(method, url, json=body, timeout=10)
+        resp = httpx.request(method, url, json=body, headers=headers, timeout=10,
+                             trust_env=False)
     except httpx.HTTPError as exc:
-        print(f"error: cannot reach the link proxy control API at {url}: {exc}", file=sys.stderr)
+        print(f"error: no link proxy control API answers at {target.control} (from "
+              f"{target.source}): {exc}. Is a stack or link proxy running? Start one "
+              f"(edgebed up, edgebed link proxy) or pass --control URL.", file=sys.stderr)
         return 0, None
     try:
         return resp.status_code, resp.json()
     except ValueError:
         return resp.status_code, resp.text
+
+
+def _error_text(code: int, resp: Any) -> str:
+    msg = resp.get("detail") if isinstance(resp, dict) else resp
+    if code == 401:
+        msg = f"{msg} (pass --token-file, or run from the stack's directory)"
+    return f"error ({code}): {msg}"
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -131,8 +209,15 @@ def _show(args: argparse.Namespace) -> int:
                     "configured_rtt_mean_ms": lk.rtt_mean_ms(), "listen": lk.listen,
                     "target": lk.target} for n, lk in topo.links.items()}
     else:
-        code, body = _http("GET", f"{args.control.rstrip('/')}/v1/links")
+        try:
+            target = resolve_target(args.control, args.token_file)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        code, body = _http("GET", target, "/v1/links")
         if code != 200:
+            if code:
+                print(_error_text(code, body), file=sys.stderr)
             return 1
         rows = body["links"]
     if args.json:
@@ -157,13 +242,19 @@ def _set(args: argparse.Namespace) -> int:
             body[key] = v
     if args.unlimited:
         body["rate_mbit"] = None
-    code, resp = _http("PUT", f"{args.control.rstrip('/')}/v1/links/{args.name}", body)
+    try:
+        target = resolve_target(args.control, args.token_file)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from urllib.parse import quote
+
+    code, resp = _http("PUT", target, f"/v1/links/{quote(args.name, safe='')}", body)
     if code == 200:
         print(f"{args.name}: {resp['description']}")
         return 0
     if code:
-        msg = resp.get("message") or resp.get("detail") if isinstance(resp, dict) else resp
-        print(f"error ({code}): {msg}", file=sys.stderr)
+        print(_error_text(code, resp), file=sys.stderr)
     return 2
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -79,12 +80,48 @@ class LinkMetrics:
             self.cfg_rate.labels(name, d).set(ds.rate_bytes_per_s or 0)
 
     def set_fidelity(self, name: str, report: dict[str, Any]) -> None:
-        """Publish a probe report (:func:`netem.probe.fidelity_report` dict) as gauges."""
-        for kind in ("configured", "achieved"):
-            for stat in FIDELITY_STATS:
-                v = report.get(kind, {}).get(f"{stat}_ms")
-                if v is not None:
-                    self.fid_rtt.labels(name, kind, stat).set(float(v) / 1000)
-        self.fid_ks.labels(name).set(float(report.get("ks_statistic", float("nan"))))
-        self.fid_p.labels(name).set(float(report.get("ks_pvalue", float("nan"))))
-        self.fid_n.labels(name).set(float(report.get("n", 0)))
+        """Publish a probe report (:func:`netem.probe.fidelity_report` dict) as gauges; raises
+        ``ValueError`` naming the first bad field (:func:`fidelity_values`), nothing set then."""
+        values = fidelity_values(report)
+        for (kind, stat), v in values["rtt"].items():
+            self.fid_rtt.labels(name, kind, stat).set(v / 1000)
+        self.fid_ks.labels(name).set(values["ks_statistic"])
+        self.fid_p.labels(name).set(values["ks_pvalue"])
+        self.fid_n.labels(name).set(values["n"])
+
+
+def _number(field: str, v: Any, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """A finite JSON number within lo..hi (null = no value: NaN); booleans are not numbers."""
+    if v is None:
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, int | float) or (
+            isinstance(v, int) and abs(v) >= 10**15) or not math.isfinite(v) or not lo <= v <= hi:
+        allowed = "a finite number" + ("" if math.isinf(lo) else f" within {lo:g}..{hi:g}")
+        shown = type(v).__name__ if not isinstance(v, int | float) or isinstance(v, bool) \
+            or abs(v) >= 10**15 else f"{v:g}"
+        raise ValueError(f"{field} must be {allowed} or null, got {shown}")
+    return float(v)
+
+
+def fidelity_values(report: Any) -> dict[str, Any]:
+    """The gauge values of a fidelity report, checked: ``configured``/``achieved`` objects of
+    ``{stat}_ms`` numbers, ``ks_statistic``/``ks_pvalue`` within 0..1, ``n`` a count."""
+    if not isinstance(report, dict):
+        raise ValueError(f"body must be a fidelity report object, got {type(report).__name__}")
+    rtt: dict[tuple[str, str], float] = {}
+    for kind in ("configured", "achieved"):
+        part = report.get(kind, {})
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            raise ValueError(f"{kind} must be an object of {{stat}}_ms numbers, got "
+                             f"{type(part).__name__}")
+        for stat in FIDELITY_STATS:
+            if part.get(f"{stat}_ms") is not None:
+                rtt[(kind, stat)] = _number(f"{kind}.{stat}_ms", part[f"{stat}_ms"])
+    n = _number("n", report.get("n", 0), 0, 1e12)
+    if not math.isnan(n) and n != int(n):
+        raise ValueError(f"n must be a count (an integer within 0..1e+12), got {n:g}")
+    return {"rtt": rtt, "n": n,
+            "ks_statistic": _number("ks_statistic", report.get("ks_statistic"), 0, 1),
+            "ks_pvalue": _number("ks_pvalue", report.get("ks_pvalue"), 0, 1)}

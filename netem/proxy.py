@@ -59,22 +59,17 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import Body, FastAPI, HTTPException
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from netem.auth import read_token_file
+from netem.control import ChangeError, create_control_app, link_view, merge_spec
 from netem.metrics import LinkMetrics
 from netem.sched import PollingEpollSelector, polling_loop_factory, set_realtime
-from netem.spec import (
-    _DIRECTION_KEYS,
-    DirectionSpec,
-    LinkSpec,
-    Topology,
-    format_validation_error,
-    load_topology,
-    parse_hostport,
-)
+from netem.spec import DirectionSpec, LinkSpec, Topology, load_topology, parse_hostport
+
+__all__ = ["LinkProxySet", "create_control_app", "link_view", "merge_spec", "proxy_subprocess",
+           "serve_links"]
 
 HIGH_WATER_BYTES = 4 * 1024 * 1024
 LOW_WATER_BYTES = 1024 * 1024
@@ -220,7 +215,19 @@ class LinkRuntime:
         self.address: tuple[str, int] | None = None
         self.server: asyncio.base_events.Server | None = None
         self.connections: set[_Connection] = set()
+        self.cut = False  # a partition: nothing is released until the link is healed
         metrics.init_link(name, spec)
+
+    def set_cut(self, cut: bool) -> None:
+        """Cut (partition) or heal the link. While cut, chunks are held where they are, as
+        TCP keeps unacknowledged data while a path is down; on healing each waits out the rest
+        of its own delay (if any) and everything flows again, in order."""
+        was, self.cut = self.cut, bool(cut)
+        if was and not self.cut:
+            for conn in list(self.connections):
+                for pipe in (conn.up, conn.down):
+                    if pipe.queue:
+                        pipe._wake()
 
     def direction(self, d: str) -> DirectionSpec:
         return self.spec.up if d == "up" else self.spec.down
@@ -275,7 +282,7 @@ class _Pipe:
         now = time.monotonic() if arrival is None else arrival
         n = len(data)
         self.m_bytes.inc(n)
-        if not self.queue and spec.is_zero and spec.rate_mbit is None:
+        if not self.queue and spec.is_zero and spec.rate_mbit is None and not self.link.cut:
             self.m_chunks.inc()
             self.m_delay.observe(0.0)
             self._write(data)
@@ -318,6 +325,8 @@ class _Pipe:
 
     def _wake(self) -> None:
         self.armed_for = None
+        if self.link.cut:
+            return  # held until LinkRuntime.set_cut(False) wakes this pipe again
         timer = self.conn.proxy.timer
         now = time.monotonic()
         horizon = now + EARLY_S + (timer.lead_s if timer is not None else 0.0)
@@ -545,13 +554,22 @@ class _Connection:
                 side.transport.abort()
 
 
+class ListenError(OSError):
+    """A link's or the control API's address cannot be bound; the message names which."""
+
+
+def _why(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 class LinkProxySet:
     """Proxies for several links in one event loop, plus the optional control API server."""
 
     def __init__(self, topology: Topology, *, registry: CollectorRegistry | None = None,
-                 stamps: bool = True) -> None:
+                 stamps: bool = True, token: str | None = None) -> None:
         self.topology = topology
         self.stamps = stamps  # anchor delays at the kernel's receive timestamps (Linux)
+        self.token = token  # the control API's PUTs need "Authorization: Bearer <token>"
         self.metrics = LinkMetrics(registry)
         self.links: dict[str, LinkRuntime] = {
             name: LinkRuntime(name, spec, self.metrics, topology.seed)
@@ -594,7 +612,11 @@ class LinkProxySet:
             def factory(link: LinkRuntime = link) -> asyncio.Protocol:
                 return _Connection(self, link).client_protocol()
 
-            server = await loop.create_server(factory, host, port, reuse_address=True)
+            try:
+                server = await loop.create_server(factory, host, port, reuse_address=True)
+            except OSError as exc:
+                raise ListenError(f"links.{link.name}.listen: cannot listen on {host}:{port}: "
+                                  f"{_why(exc)}") from None
             link.server = server
             sockname = server.sockets[0].getsockname()
             link.address = (sockname[0], sockname[1])
@@ -604,11 +626,15 @@ class LinkProxySet:
     async def _start_control(self, control: str) -> None:
         host, port = parse_hostport(control, key="control")
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ListenError(f"control: cannot listen on {host}:{port}: {_why(exc)}") from None
         self.control_address = (host, sock.getsockname()[1])
-        config = uvicorn.Config(create_control_app(self), log_level="warning", lifespan="off",
-                                access_log=False)
+        config = uvicorn.Config(create_control_app(self, self.token), log_level="warning",
+                                lifespan="off", access_log=False)
         self._uvicorn = uvicorn.Server(config)
         self.spawn(self._uvicorn.serve(sockets=[sock]))
         for _ in range(500):
@@ -618,9 +644,17 @@ class LinkProxySet:
         raise RuntimeError("control API did not start within 5 s")
 
     def update(self, name: str, changes: Mapping[str, Any]) -> LinkSpec:
-        """Merge ``changes`` into link ``name``'s spec; raises ValidationError/KeyError."""
+        """Merge ``changes`` into link ``name``'s spec (``cut``: partition or heal it);
+        raises ValidationError/ChangeError/KeyError."""
         link = self.links[name]
-        link.set_spec(merge_spec(link.spec, changes))
+        changes = dict(changes)
+        cut = changes.pop("cut", None)
+        if cut is not None and not isinstance(cut, bool):
+            raise ChangeError("cut", f"cut must be true or false, got {cut!r}")
+        spec = merge_spec(link.spec, changes) if changes else link.spec
+        link.set_spec(spec)
+        if cut is not None:
+            link.set_cut(cut)
         return link.spec
 
     async def close(self) -> None:
@@ -647,126 +681,21 @@ class LinkProxySet:
         await self.close()
 
 
-def merge_spec(spec: LinkSpec, changes: Mapping[str, Any]) -> LinkSpec:
-    """Apply a partial update (the control API's PUT body) to ``spec``.
-
-    ``rtt_range_ms`` replaces both directions; top-level direction keys (``delay_ms``, ...)
-    update the direction(s) named by ``direction`` (``up``, ``down`` or ``both``, default
-    ``both``); ``up``/``down`` objects update those directions field by field. Changing
-    ``delay_ms``/``jitter_ms``/``distribution`` without ``integer_ms`` resets ``integer_ms``.
-    """
-    changes = dict(changes)
-    base = spec.model_dump(exclude={"rtt_range_ms"})
-    for key in ("src", "dst", "listen", "target"):
-        if key in changes:
-            base[key] = changes.pop(key)
-    if "rtt_range_ms" in changes:
-        rtt = changes.pop("rtt_range_ms")
-        extra = {k: changes.pop(k) for k in list(changes) if k in _DIRECTION_KEYS}
-        if changes:
-            raise ValueError(f"rtt_range_ms cannot be combined with {sorted(changes)}")
-        base.pop("up"), base.pop("down")
-        return LinkSpec.model_validate({**base, **extra, "rtt_range_ms": rtt})
-    direction = changes.pop("direction", "both")
-    if direction not in ("up", "down", "both"):
-        raise ValueError(f"direction must be one of up, down, both, got {direction!r}")
-    shared = {k: changes.pop(k) for k in list(changes) if k in _DIRECTION_KEYS}
-    for d in ("up", "down"):
-        own = changes.pop(d, None) or {}
-        if not isinstance(own, Mapping):
-            raise ValueError(f"{d} must be an object, got {own!r}")
-        upd = {**(shared if direction in (d, "both") else {}), **own}
-        if upd.keys() & {"delay_ms", "jitter_ms", "distribution"} and "integer_ms" not in upd:
-            upd["integer_ms"] = False
-        base[d] = {**base[d], **upd}
-    if changes:
-        raise ValueError(f"unknown keys {sorted(changes)}; allowed: rtt_range_ms, direction, up, "
-                         f"down, src, dst, listen, target, {', '.join(_DIRECTION_KEYS)}")
-    return LinkSpec.model_validate(base)
-
-
-def link_view(link: LinkRuntime) -> dict[str, Any]:
-    spec = link.spec
-    return {
-        "name": link.name,
-        "spec": spec.model_dump(mode="json"),
-        "description": spec.describe(),
-        "listen": None if link.address is None else f"{link.address[0]}:{link.address[1]}",
-        "target": spec.target,
-        "configured_rtt_mean_ms": spec.rtt_mean_ms(),
-        "open_connections": len(link.connections),
-    }
-
-
-def create_control_app(links: LinkProxySet) -> FastAPI:
-    """The control API: list, read and change links at runtime; metrics; fidelity reports."""
-    app = FastAPI(title="edgebed link proxy control", version="1")
-
-    def get_link(name: str) -> LinkRuntime:
-        if name not in links.links:
-            raise HTTPException(404, detail={"field": "name",
-                                             "msg": f"unknown link {name!r}",
-                                             "allowed": sorted(links.links)})
-        return links.links[name]
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/v1/links")
-    def list_links() -> dict[str, Any]:
-        return {"links": {n: link_view(lk) for n, lk in links.links.items()}}
-
-    @app.get("/v1/links/{name}")
-    def read_link(name: str) -> dict[str, Any]:
-        return link_view(get_link(name))
-
-    @app.put("/v1/links/{name}")
-    def change_link(name: str, changes: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
-        link = get_link(name)
-        try:
-            links.update(name, changes)
-        except ValidationError as exc:
-            errors = [{"field": ".".join(str(p) for p in e["loc"]),
-                       "msg": e["msg"].removeprefix("Value error, ")} for e in exc.errors()]
-            return JSONResponse(status_code=422, content={
-                "detail": errors, "message": format_validation_error(exc)})
-        except ValueError as exc:
-            return JSONResponse(status_code=422, content={"detail": [{"field": "body",
-                                                                      "msg": str(exc)}],
-                                                          "message": str(exc)})
-        return link_view(link)
-
-    @app.put("/v1/links/{name}/fidelity")
-    def put_fidelity(name: str, report: dict[str, Any] = Body(...)) -> dict[str, str]:  # noqa: B008
-        get_link(name)
-        try:
-            links.metrics.set_fidelity(name, report)
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise HTTPException(422, detail={"field": "body", "msg": str(exc)}) from None
-        return {"status": "recorded"}
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(links.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
-
-
 async def serve_links(topology: Topology | Mapping[str, LinkSpec | Mapping[str, Any]], *,
                       control: str | None = None, seed: int | None = None,
                       registry: CollectorRegistry | None = None,
-                      stamps: bool = True) -> LinkProxySet:
+                      stamps: bool = True, token: str | None = None) -> LinkProxySet:
     """Start one proxy per link (each link needs ``target``; ``listen`` defaults to
     ``127.0.0.1:0``) in the running loop, plus the control API when ``control`` (host:port,
     port 0 = any) or ``topology.control`` is set. ``stamps``: anchor each chunk's delay at the
-    kernel's receive timestamp (else at the time the proxy read it). Close with
+    kernel's receive timestamp (else at the time the proxy read it). ``token``: the control
+    API's PUTs need ``Authorization: Bearer <token>`` (GETs stay open). Close with
     ``await result.close()``."""
     if not isinstance(topology, Topology):
         topology = Topology.model_validate({"links": dict(topology), "seed": seed or 0})
     elif seed is not None:
         topology = topology.model_copy(update={"seed": seed})
-    proxies = LinkProxySet(topology, registry=registry, stamps=stamps)
+    proxies = LinkProxySet(topology, registry=registry, stamps=stamps, token=token)
     try:
         await proxies.start(control or topology.control)
     except BaseException:
@@ -784,6 +713,7 @@ def ready_line(proxies: LinkProxySet, **extra: Any) -> str:
         "timer": proxies.timer.kind if proxies.timer is not None else None,
         "arrival": "kernel receive timestamps" if proxies.stamps and KERNEL_STAMPS
                    else "read time",
+        "control_auth": "bearer token" if proxies.token else "none",
         **extra,
         "links": {n: f"{lk.address[0]}:{lk.address[1]}" for n, lk in proxies.links.items()
                   if lk.address is not None},
@@ -791,7 +721,7 @@ def ready_line(proxies: LinkProxySet, **extra: Any) -> str:
 
 
 async def _main_async(topology: Topology, control: str | None, stamps: bool = True,
-                      **extra: Any) -> None:
+                      token: str | None = None, **extra: Any) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -800,7 +730,7 @@ async def _main_async(topology: Topology, control: str | None, stamps: bool = Tr
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
-    proxies = await serve_links(topology, control=control, stamps=stamps)
+    proxies = await serve_links(topology, control=control, stamps=stamps, token=token)
     print(ready_line(proxies, **extra), flush=True)
     try:
         await stop.wait()
@@ -825,11 +755,11 @@ def _run(coro: Any, poll_us: float = 0.0, spin_us: float = 0.0) -> Any:
 @contextlib.contextmanager
 def proxy_subprocess(
     links: Mapping[str, Mapping[str, Any]], *, seed: int = 1, control: bool = True,
-    realtime: bool = False,
+    realtime: bool = False, token_file: str | Path | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run ``python -m netem.proxy`` for ``links`` ({name: LinkSpec fields with ``target``});
     yields its ready line (``links``: name → host:port, ``control``) plus ``process``; the proxy
-    is always terminated and waited for afterwards."""
+    is always terminated and waited for afterwards. ``token_file``: ``--token-file``."""
     import yaml
 
     doc: dict[str, Any] = {"links": {n: dict(v) for n, v in links.items()}, "seed": seed}
@@ -842,6 +772,8 @@ def proxy_subprocess(
     argv = [sys.executable, "-m", "netem.proxy", "--config", path]
     if realtime:
         argv.append("--realtime")
+    if token_file is not None:
+        argv += ["--token-file", str(token_file)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
     try:
@@ -876,10 +808,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve the links of ``args.config`` until SIGTERM/SIGINT (options: ``add_proxy_arguments``)."""
-    extra: dict[str, Any] = {"realtime": set_realtime() if args.realtime else "off"}
+    """Serve the links of ``args.config`` until SIGTERM/SIGINT (options: ``add_proxy_arguments``);
+    a bad file, token file or address is one line on stderr naming it, and exit status 2."""
     try:
         topology = load_topology(args.config)
+        token = read_token_file(args.token_file, private=True) if args.token_file else None
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -894,12 +827,13 @@ def run(args: argparse.Namespace) -> int:
             msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
             print(f"error: --{key.replace('_', '-')}: {msg}", file=sys.stderr)
             return 2
-    extra["poll_us"], extra["spin_us"] = topology.poll_us, topology.spin_us
+    extra: dict[str, Any] = {"realtime": set_realtime() if args.realtime else "off",
+                             "poll_us": topology.poll_us, "spin_us": topology.spin_us}
     try:
-        _run(_main_async(topology, args.control, args.stamps, **extra), topology.poll_us,
+        _run(_main_async(topology, args.control, args.stamps, token, **extra), topology.poll_us,
              topology.spin_us)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # a target/listen/control key, a busy port
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -18,6 +18,7 @@ Conventions (see docs/links.md):
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Mapping
@@ -45,6 +46,26 @@ def _within(name: str, value: float, lo: float, hi: float) -> float:
     return value
 
 
+def _shown(value: Any) -> str:
+    """A value for an error message: JSON spellings, huge integers by their size only."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int) and abs(value) >= 10**15:
+        return f"an integer of {len(str(abs(value))) if value.bit_length() < 10_000 else 'over 3000'} digits"
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _plain_number(name: str, value: Any, allowed: str) -> Any:
+    """Refuse what JSON/YAML would otherwise coerce into a number silently: booleans
+    (``true`` is not 1 ms) and integers too large for a float."""
+    if isinstance(value, bool) or (isinstance(value, int) and abs(value) >= 10**15):
+        raise ValueError(f"{name} must be a number within {allowed}, got {_shown(value)}")
+    return value
+
+
 class DirectionSpec(BaseModel):
     """One direction of a link: one-way delay distribution, loss and bandwidth."""
 
@@ -60,6 +81,14 @@ class DirectionSpec(BaseModel):
     loss_pct: float = 0.0
     loss_rto_ms: float = 200.0
     rate_mbit: float | None = None
+
+    @field_validator("delay_ms", "jitter_ms", "loss_rto_ms", "loss_pct", "rate_mbit",
+                     mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any, info: Any) -> Any:
+        allowed = {"loss_pct": "0..100", "rate_mbit": f"0.001..{MAX_RATE_MBIT:g} (or null)"}
+        return _plain_number(info.field_name, v,
+                             allowed.get(info.field_name, f"0..{MAX_DELAY_MS:g}"))
 
     @field_validator("delay_ms", "jitter_ms", "loss_rto_ms")
     @classmethod
@@ -243,12 +272,15 @@ class LinkSpec(BaseModel):
         rtt = data.get("rtt_range_ms")
         if rtt is not None:
             if not isinstance(rtt, list | tuple) or len(rtt) != 2:
-                raise ValueError(f"rtt_range_ms must be a pair [lo, hi] of integers, got {rtt!r}")
+                raise ValueError(f"rtt_range_ms must be a pair [lo, hi] of integers within "
+                                 f"0..{MAX_DELAY_MS:g}, got {_shown(rtt)}")
             lo, hi = rtt
             for name, v in (("rtt_range_ms[0]", lo), ("rtt_range_ms[1]", hi)):
-                if not isinstance(v, int | float) or float(v) != int(v):
-                    raise ValueError(f"{name} must be an integer within 0..60000, got {v!r}")
-                _within(name, float(v), 0, MAX_DELAY_MS)
+                # booleans, inf/nan and huge integers first: int(inf) would raise
+                if (isinstance(v, bool) or not isinstance(v, int | float)
+                        or not (0 <= v <= MAX_DELAY_MS) or float(v) != int(v)):
+                    raise ValueError(f"{name} must be an integer within 0..{MAX_DELAY_MS:g}, "
+                                     f"got {_shown(v)}")
             if lo > hi:
                 raise ValueError(f"rtt_range_ms[1] must be within {lo}..60000 (>= lo), got {hi}")
             if shared.keys() & {"delay_ms", "jitter_ms"}:
@@ -341,6 +373,12 @@ class Topology(BaseModel):
                     "poll until it is due (on time despite late timer wake-ups); 0 = sleep on "
                     "a timer with an adaptive lead")
 
+    @field_validator("poll_us", "spin_us", "seed", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any, info: Any) -> Any:
+        return _plain_number(info.field_name, v, "an integer" if info.field_name == "seed"
+                             else f"0..{MAX_POLL_US:g}")
+
     @field_validator("poll_us", "spin_us")
     @classmethod
     def _poll_range(cls, v: float, info: Any) -> float:
@@ -414,9 +452,20 @@ def load_topology(path: str | Path) -> Topology:
     A file whose top level has a ``links:`` key nested under ``netem:`` is accepted too.
     Raises ``ValueError`` whose text names each bad key and its allowed range.
     """
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
     if isinstance(raw, Mapping) and "netem" in raw and "links" not in raw:
         raw = raw["netem"]
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path}: the top level must be a mapping with a links: key, got "
+                         f"{type(raw).__name__}")
     try:
         return Topology.model_validate(raw)
     except ValidationError as exc:

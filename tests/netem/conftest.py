@@ -18,9 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @contextmanager
 def proxy_process(links: dict[str, dict[str, Any]], *, seed: int = 1, control: bool = True,
-                  realtime: bool = False) -> Iterator[dict[str, Any]]:
+                  realtime: bool = False,
+                  token_file: Path | None = None) -> Iterator[dict[str, Any]]:
     """``python -m netem.proxy`` for ``links`` (each with ``target``); yields its ready line."""
-    with proxy_subprocess(links, seed=seed, control=control, realtime=realtime) as ready:
+    with proxy_subprocess(links, seed=seed, control=control, realtime=realtime,
+                          token_file=token_file) as ready:
         yield ready
 
 

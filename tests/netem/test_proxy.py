@@ -187,17 +187,20 @@ def test_control_api_get_put_validation_and_metrics() -> None:
             # bad input: 422 naming the field and the range; the link is unchanged
             r = await c.put("/v1/links/a", json={"loss_pct": 140})
             assert r.status_code == 422
-            assert "loss_pct must be within 0..100, got 140" in r.text
-            assert r.json()["detail"][0]["field"] == "up.loss_pct"
+            assert "loss_pct must be within 0..100, got 140" in r.json()["detail"]
+            assert r.json()["field"] == "up.loss_pct"
+            assert r.json()["errors"][0] == {"field": "up.loss_pct", "msg": (
+                "loss_pct must be within 0..100, got 140")}
             r = await c.put("/v1/links/a", json={"bogus_ms": 1})
-            assert r.status_code == 422 and "bogus_ms" in r.text
+            assert r.status_code == 422 and r.json()["field"] == "bogus_ms"
             r = await c.put("/v1/links/a", content=b"{not json", headers={
                 "content-type": "application/json"})
-            assert r.status_code == 422
+            assert r.status_code == 400 and r.json()["field"] == "body", r.text
             r = await c.put("/v1/links/a", json=[1, 2])
-            assert r.status_code == 422
+            assert r.status_code == 422 and r.json()["field"] == "body", r.text
             r = await c.get("/v1/links/nope")
-            assert r.status_code == 404 and r.json()["detail"]["field"] == "name"
+            assert r.status_code == 404 and r.json()["field"] == "name"
+            assert r.json()["detail"] == "name: unknown link 'nope'; links: a"
             assert (await c.get("/v1/links/a")).json()["spec"]["rtt_range_ms"] == [5, 15]
             # fidelity report -> gauges; metrics exposition
             rep = {"n": 10, "ks_statistic": 0.1, "ks_pvalue": 0.5,
@@ -384,3 +387,28 @@ def test_polling_window_adapts_like_haltpoll() -> None:
         assert sel.window_s == pytest.approx(50e-6)
     finally:
         sel.close()
+
+
+def test_cut_link_holds_everything_until_healed() -> None:
+    """A cut (partitioned) link forwards nothing, also with zero delay; healing releases what
+    was held, in order, and the link works as before."""
+    async def body(proxies: Any, _: str) -> None:
+        reader, writer = await asyncio.open_connection(*proxies.address("l"))
+        writer.write(b"before")
+        assert await asyncio.wait_for(reader.readexactly(6), 2) == b"before"
+        proxies.update("l", {"cut": True})
+        assert proxies.links["l"].cut
+        writer.write(b"held-1")
+        writer.write(b"held-2")
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(reader.readexactly(1), 0.3)
+        t_heal = time.monotonic()
+        proxies.update("l", {"cut": False})
+        got = await asyncio.wait_for(reader.readexactly(12), 2)
+        assert got == b"held-1held-2"
+        assert time.monotonic() - t_heal < 0.1
+        with pytest.raises(ValueError, match="cut must be true or false"):
+            proxies.update("l", {"cut": "yes"})
+        writer.close()
+
+    run(_with_links({"l": {}}, body))

@@ -90,7 +90,7 @@ def test_kernel_shaping_builders_golden() -> None:
         "burst", "32000", "latency", "50ms"]
     assert tc.build_htb_rate_argvs("veth0", 2.5)[1] == [
         "tc", "class", "replace", "dev", "veth0", "parent", "1:", "classid", "1:10", "htb",
-        "rate", "2500kbit", "ceil", "2500kbit"]
+        "rate", "2500kbit", "ceil", "2500kbit", "burst", "32000", "cburst", "32000"]
     assert tc.build_iptables_loss_argv(8001, 5) == [
         "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8001", "-m", "statistic", "--mode",
         "random", "--probability", "0.050000", "-j", "DROP"]
