@@ -13,7 +13,9 @@ from starlette.routing import Route
 
 from services.tier.config import TierConfig
 from services.tier.errors import install_error_handlers
-from services.tier.routes import generate, health, infer, metrics, models
+from services.tier.intake import RequestIntake
+from services.tier.metrics import UNKNOWN_MODEL
+from services.tier.routes import calibrate, generate, health, infer, metrics, models
 from services.tier.runtime import TierRuntime
 
 DESCRIPTION = (
@@ -47,12 +49,22 @@ def create_app(
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    for router in (health.router, infer.router, generate.router, models.router, metrics.router):
+    # Arrival stamped and bodies bounded (413 / 400 content-length) before any route runs.
+    app.add_middleware(
+        RequestIntake,
+        max_body_bytes=tier_config.max_body_bytes,
+        on_refused=lambda: runtime.metrics.count(UNKNOWN_MODEL, "client_error"),
+    )
+    for router in (health.router, infer.router, generate.router, models.router, metrics.router,
+                   calibrate.router):
         app.include_router(router)
-    # The hot path: /v1/infer reads its query, header and body by hand, so it is also mounted as
-    # a plain Starlette route ahead of FastAPI's (which stays for the OpenAPI document); this
-    # skips FastAPI's per-request dependency solving, ~20 % of a request's CPU.
+    # The hot paths: /v1/infer reads its query, header and body by hand, and /v1/status needs
+    # nothing, so both are also mounted as plain Starlette routes ahead of FastAPI's (which stay
+    # for the OpenAPI document); this skips FastAPI's per-request dependency solving, ~20 % of
+    # a request's CPU.
     app.router.routes.insert(0, Route("/v1/infer", infer.infer, methods=["POST"]))
+    app.router.routes.insert(0, Route("/v1/status", health.status, methods=["GET"]))
+    app.router.routes.insert(0, Route("/v1/calibrate", calibrate.calibrate, methods=["POST"]))
     _document_served_models(app, tier_config)
     return app
 

@@ -43,7 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _uvicorn_options() -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if importlib.util.find_spec("httptools"):
-        opts["http"] = "httptools"
+        # uvicorn's httptools protocol, answering unparseable requests in the tier's JSON shape
+        from services.tier.protocol import TierHttpToolsProtocol
+
+        opts["http"] = TierHttpToolsProtocol
     if importlib.util.find_spec("uvloop"):
         opts["loop"] = "uvloop"
     return opts

@@ -23,6 +23,7 @@ SERVICES_DIR = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "EDGEBED_TIER_"
 DeviceTime = Literal["real", "profile"]
 EnergyModelName = Literal["power", "simulator"]
+OnDisconnect = Literal["finish", "abort"]
 
 
 class TierConfigError(ValueError):
@@ -38,6 +39,10 @@ class _Jitter(BaseModel):
     def sample_ms(self, rng: np.random.Generator) -> float:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def expected_ms(self) -> float:  # pragma: no cover - interface
+        """The draws' mean (before clipping at 0), for backlog estimates."""
+        raise NotImplementedError
+
 
 class NormalJitter(_Jitter):
     """Gaussian jitter around the configured latency (result clipped at 0 ms)."""
@@ -47,6 +52,9 @@ class NormalJitter(_Jitter):
 
     def sample_ms(self, rng: np.random.Generator) -> float:
         return float(rng.normal(0.0, self.sd_ms))
+
+    def expected_ms(self) -> float:
+        return 0.0
 
 
 class UniformJitter(_Jitter):
@@ -65,6 +73,9 @@ class UniformJitter(_Jitter):
     def sample_ms(self, rng: np.random.Generator) -> float:
         return float(rng.uniform(self.low_ms, self.high_ms))
 
+    def expected_ms(self) -> float:
+        return (self.low_ms + self.high_ms) / 2.0
+
 
 class ExponentialJitter(_Jitter):
     """Exponentially distributed extra delay (a long tail) with the given mean."""
@@ -74,6 +85,9 @@ class ExponentialJitter(_Jitter):
 
     def sample_ms(self, rng: np.random.Generator) -> float:
         return float(rng.exponential(self.mean_ms))
+
+    def expected_ms(self) -> float:
+        return self.mean_ms
 
 
 Jitter = Annotated[NormalJitter | UniformJitter | ExponentialJitter, Field(discriminator="dist")]
@@ -135,7 +149,16 @@ class TierConfig(BaseSettings):
     models: dict[str, VisionModelConfig] = Field(default_factory=dict)
     lm: dict[str, LMConfig] = Field(default_factory=dict)
     jitter_seed: int = Field(0, ge=0)
-    max_body_bytes: int = Field(262_144, ge=1024, le=64 * 2**20)
+    max_body_bytes: int = Field(
+        262_144, ge=1024, le=64 * 2**20,
+        description="larger request bodies are refused with 413 before they are read",
+    )
+    on_disconnect: OnDisconnect = Field(
+        "finish",
+        description="a client that goes away while its request waits or is held: 'finish' (a "
+        "device without cancellation: the request is served and keeps its slot to the end) or "
+        "'abort' (leave the queue / stop the hold at once and free the slot)",
+    )
     offload_compute: bool = Field(
         False, description="run LiteRT on a worker thread instead of the event loop (see bench)"
     )

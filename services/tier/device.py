@@ -3,15 +3,24 @@
 A tier has ``concurrency`` slots (an MCU has one). A request takes a free slot or waits in FIFO
 order; when ``queue_limit`` requests already wait, it is refused (:class:`QueueFull` → 503).
 Waiting is real: a coroutine parks on a future until a finishing request hands its slot over.
+
+Every slot also carries the time its emulated device is *nominally* free: the nominal end
+(start + device time) of the request it serves or served last. A request starts service at
+``max(its arrival, that time)``. Holds end a little early to cover the testbed's own response
+path (the send and host leads), so a slot is handed over physically before the previous request
+is nominally done; starting the next one at the nominal end keeps queueing (M/D/1/K waits,
+``queue_ms``) exactly that of the emulated device.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 
 class QueueFull(Exception):
@@ -20,6 +29,16 @@ class QueueFull(Exception):
     def __init__(self, waiting: int) -> None:
         super().__init__(f"queue full: {waiting} requests waiting")
         self.waiting = waiting
+
+
+# A slot handed out: its number and the (perf_counter) time its device is nominally free.
+Grant = tuple[int, float]
+
+
+@dataclass(eq=False)
+class _Waiter:
+    fut: asyncio.Future[Grant]
+    device_s: float  # the device time the waiting request expects to take
 
 
 class DeviceSlots:
@@ -32,7 +51,10 @@ class DeviceSlots:
         self.concurrency = concurrency
         self.queue_limit = queue_limit
         self._free: list[int] = list(range(concurrency - 1, -1, -1))
-        self._waiters: deque[asyncio.Future[int]] = deque()
+        # per slot: when its device is nominally free (perf_counter s); for a slot in service,
+        # the expected end of the request it serves
+        self._free_at: list[float] = [0.0] * concurrency
+        self._waiters: deque[_Waiter] = deque()
 
     @property
     def waiting(self) -> int:
@@ -42,45 +64,77 @@ class DeviceSlots:
     def in_service(self) -> int:
         return self.concurrency - len(self._free)
 
-    def try_acquire_possible(self) -> bool:
-        """Whether :meth:`try_acquire` would succeed now."""
-        return bool(self._free) and not self._waiters
-
-    def try_acquire(self) -> int | None:
-        """A free slot without waiting, or None."""
+    def try_acquire(self, device_s: float = 0.0) -> Grant | None:
+        """A free slot without waiting (and when its device is nominally free), or None."""
         if self._free and not self._waiters:
-            return self._free.pop()
+            slot = self._free.pop()
+            free_at = self._free_at[slot]
+            self._free_at[slot] = max(free_at, time.perf_counter()) + device_s
+            return slot, free_at
         return None
 
-    async def acquire(self) -> int:
-        """Wait for a slot (FIFO). Raises QueueFull if ``queue_limit`` requests already wait."""
-        slot = self.try_acquire()
-        if slot is not None:
-            return slot
+    def enqueue(self, device_s: float) -> asyncio.Future[Grant]:
+        """Join the wait queue of a request expecting ``device_s`` of device time; the future
+        gives the slot once a finishing request hands it over. Raises QueueFull when
+        ``queue_limit`` requests already wait. Leave with :meth:`withdraw`."""
         if len(self._waiters) >= self.queue_limit:
             raise QueueFull(len(self._waiters))
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+        self._waiters.append(_Waiter(fut, device_s))
+        return fut
+
+    def withdraw(self, fut: asyncio.Future[Grant]) -> None:
+        """Leave the queue (client gone, task cancelled); a slot handed over meanwhile is passed
+        on unused, with the same nominal free time."""
+        if fut.done() and not fut.cancelled():
+            slot, free_at = fut.result()
+            self.release(slot, free_at)
+            return
+        for w in self._waiters:
+            if w.fut is fut:
+                self._waiters.remove(w)
+                break
+        fut.cancel()
+
+    async def acquire(self, device_s: float = 0.0) -> Grant:
+        """Wait for a slot (FIFO). Raises QueueFull if ``queue_limit`` requests already wait."""
+        grant = self.try_acquire(device_s)
+        if grant is not None:
+            return grant
+        fut = self.enqueue(device_s)
         try:
             return await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release(fut.result())  # handed a slot just as we were cancelled: pass it on
-            else:
-                try:
-                    self._waiters.remove(fut)
-                except ValueError:
-                    pass
+            self.withdraw(fut)
             raise
 
-    def release(self, slot: int) -> None:
-        """Hand the slot to the oldest waiter, or mark it free."""
+    def expect_end(self, slot: int, end_s: float) -> None:
+        """Record when the request in ``slot`` will nominally end (once its target is drawn)."""
+        self._free_at[slot] = end_s
+
+    def release(self, slot: int, nominal_end_s: float | None = None) -> None:
+        """Hand the slot to the oldest waiter, or mark it free. ``nominal_end_s`` is when the
+        finished request nominally ended (its start + device time; None: now, e.g. an aborted
+        hold): the next request starts service then, not at this (earlier) hand-over."""
+        free_at = time.perf_counter() if nominal_end_s is None else nominal_end_s
         while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(slot)
+            w = self._waiters.popleft()
+            if not w.fut.done():
+                w.fut.set_result((slot, free_at))
+                self._free_at[slot] = free_at + w.device_s
                 return
+        self._free_at[slot] = free_at
         self._free.append(slot)
+
+    def backlog_s(self, now_s: float) -> float:
+        """Device time still to serve: what remains of the requests in service (to their
+        nominal ends) plus the expected device time of every waiting request."""
+        remaining = sum(max(0.0, end - now_s) for end in self._free_at)
+        return remaining + sum(w.device_s for w in self._waiters)
+
+    def retry_after_s(self, now_s: float) -> int:
+        """Whole seconds until the backlog is served on ``concurrency`` slots (at least 1)."""
+        return max(1, math.ceil(self.backlog_s(now_s) / self.concurrency))
 
 
 def hold_until(deadline_s: float, stop: threading.Event | None = None) -> float:
@@ -88,8 +142,9 @@ def hold_until(deadline_s: float, stop: threading.Event | None = None) -> float:
 
     The event loop's timers have 1 ms granularity, so device holds run on worker threads.
     A timed wait wakes within ~0.1 ms when the thread gets a CPU at once, which
-    :func:`try_realtime_thread` arranges on a busy host. Setting ``stop`` ends the hold early
-    (server shutdown), so a 12 s emulated LM answer does not delay exit.
+    :func:`try_realtime_thread` arranges on a busy host. Setting ``stop`` ends the hold at once
+    (an aborted request, server shutdown), so the thread is free for the next hold instead of
+    sleeping through, e.g., the rest of a 12 s emulated LM answer.
     """
     remaining = deadline_s - time.perf_counter()
     if remaining > 0:

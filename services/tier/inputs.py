@@ -27,29 +27,6 @@ class InferInput:
     request_id: str | None
 
 
-async def read_body_limited(request: Request, limit_bytes: int) -> bytes:
-    """The request body, refusing (413) anything larger than ``limit_bytes``."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            declared = int(length)
-        except ValueError:
-            raise ApiError(400, "content-length", "content-length: not an integer") from None
-        if declared > limit_bytes:
-            raise ApiError(
-                413, "body", f"body: {declared} bytes exceeds the limit of {limit_bytes} bytes"
-            )
-        return await request.body()
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit_bytes:
-            raise ApiError(413, "body", f"body: exceeds the limit of {limit_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
@@ -86,6 +63,12 @@ def decode_image_values(image: Any, scale: str = "auto") -> np.ndarray:
     if arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
         raise ApiError(422, "image", f"image: values must be numbers, got {arr.dtype.kind!r} data")
     flat = arr.reshape(-1)
+    # numpy turns [true, 0, ...] into integers: JSON booleans are not pixel values
+    rows = image if two_d else [image]
+    for i, value in enumerate(v for row in rows for v in row):
+        if isinstance(value, bool):
+            name = _index_name(i, two_d)
+            raise ApiError(422, name, f"{name}: must be a number, got {str(value).lower()}")
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(flat)
         if bad.any():

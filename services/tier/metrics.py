@@ -1,7 +1,8 @@
 """Prometheus metrics of one tier app, on the app's own ``CollectorRegistry``.
 
-Names start with ``edgebed_``, use base units, and every (tier, model, outcome) label set is
-created at start-up so a dashboard sees zeros before the first request.
+Names start with ``edgebed_``, use base units, and every (tier, model, outcome) and (tier,
+model, action) label set is created at start-up so a dashboard sees zeros before the first
+request.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOMES = ("ok", "client_error", "not_found", "queue_full", "server_error")
+ABANDON_ACTIONS = ("finished", "aborted")  # what the tier did with a request its client left
 UNKNOWN_MODEL = "unknown"
 TIME_BUCKETS_S = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
@@ -34,7 +36,7 @@ class TierMetrics:
         )  # fmt: skip
         self.queue_s = Histogram(
             "edgebed_queue_seconds",
-            "Real time waiting for a free device slot",
+            "Wait for a device slot: arrival to the (nominal) start of service",
             ["tier", "model"],
             buckets=TIME_BUCKETS_S,
             registry=registry,
@@ -68,6 +70,13 @@ class TierMetrics:
             "edgebed_lm_tokens",
             "Emulated LM tokens generated",
             ["tier", "model"],
+            registry=registry,
+        )
+        self.abandoned_total = Counter(
+            "edgebed_tier_abandoned",
+            "Requests whose client disconnected while they waited or were held, by what the "
+            "tier did (on_disconnect: finished = served to the end, aborted = slot freed at once)",
+            ["tier", "model", "action"],
             registry=registry,
         )
         self.queue_depth = Gauge(
@@ -116,6 +125,9 @@ class TierMetrics:
             (m, e): self.energy_j.labels(tier, m, e) for m in models for e in energy_models
         }
         self.tokens = {m: self.lm_tokens.labels(tier, m) for m in models}
+        self.abandoned = {
+            (m, a): self.abandoned_total.labels(tier, m, a) for m in models for a in ABANDON_ACTIONS
+        }
 
     def count(self, model: str, outcome: str) -> None:
         key = (model, outcome) if (model, outcome) in self.req else (UNKNOWN_MODEL, outcome)

@@ -1,16 +1,23 @@
-"""A JSON response that reports when its body was handed to the server (profile holds' send lead)."""
+"""The tier's own response classes: a JSON answer that reports when its body was handed to the
+server (profile holds' send lead) and the NDJSON stream of an admitted LM request."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from services.tier.disconnect import DisconnectWatch
 
 if TYPE_CHECKING:
     from services.tier.runtime import TierRuntime
+
+# Status of the (never delivered) answer to a client that disconnected: nginx's "client closed
+# request". Nothing is written: the server drops a response to a closed connection.
+GONE_STATUS = 499
 
 
 class SentTimedResponse(Response):
@@ -39,3 +46,39 @@ def send_observer(runtime: TierRuntime,
     if hold_end_s is None:
         return None
     return lambda t_sent: runtime.observe_send(t_sent - hold_end_s)
+
+
+class NDJSONStream(StreamingResponse):
+    """200 ``application/x-ndjson`` sent at once (the request is already admitted), then the
+    lines of ``lines`` as they come (``TierRuntime.stream_lines``, which owns the device slot
+    and watches the client through ``watch``). A send that fails marks the client gone, so
+    the lines' producer follows ``on_disconnect``; the producer is always run to its end."""
+
+    def __init__(self, lines: AsyncIterator[bytes], watch: DisconnectWatch) -> None:
+        super().__init__(lines, media_type="application/x-ndjson")
+        self._lines = lines
+        self._watch = watch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._send(send, {"type": "http.response.start", "status": self.status_code,
+                                    "headers": self.raw_headers})  # fmt: skip
+            async for line in self._lines:
+                await self._send(send, {"type": "http.response.body", "body": line,
+                                        "more_body": True})  # fmt: skip
+            self._watch.close()
+            await self._send(send, {"type": "http.response.body", "body": b"",
+                                    "more_body": False})  # fmt: skip
+        finally:
+            self._watch.close()
+            aclose = getattr(self._lines, "aclose", None)
+            if aclose is not None:
+                await aclose()  # releases the slot if the stream was cut short
+
+    async def _send(self, send: Send, message: dict[str, object]) -> None:
+        if self._watch.gone:
+            return
+        try:
+            await send(message)  # type: ignore[arg-type]
+        except OSError:  # ASGI 2.4 servers raise on a closed connection
+            self._watch.gone = True

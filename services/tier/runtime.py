@@ -1,19 +1,22 @@
 """The tier's device: loaded LiteRT models per worker slot, admission, device-time holds, energy.
 
-Routes call :meth:`TierRuntime.infer` / :meth:`TierRuntime.generate_plan`; everything that
-makes the tier behave like its device (queueing, emulated latency, energy) happens here.
+Routes call :meth:`TierRuntime.infer`, :meth:`TierRuntime.generate` and (streams)
+:meth:`TierRuntime.admit` + :meth:`TierRuntime.stream_lines`; everything that makes the tier
+behave like its device (queueing, emulated latency, leads, client disconnects, energy) happens
+here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+import json
 import os
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +28,29 @@ from models.runtime import LiteRTModel
 from services.tier import energy, lm
 from services.tier.config import TierConfig
 from services.tier.device import DeviceSlots, QueueFull, hold_until, try_realtime_thread
+from services.tier.disconnect import Action, ClientGone, DisconnectWatch
 from services.tier.errors import ApiError
+from services.tier.leads import MAX_SEND_LEAD_S, NO_LEADS, SEND_LEAD_GAIN, Leads, plan_leads
 from services.tier.metrics import TierMetrics
 
-# The tier's own response path (hold end -> answer written to the socket: thread hand-off, JSON,
-# HTTP framing) is covered by ending profile holds this much early: an EWMA of what it took.
-SEND_LEAD_GAIN = 0.1
-MAX_SEND_LEAD_S = 0.001  # and never more than half the device time
+STREAM_CHUNK_MS = 5.0  # tokens closer together than this go out in one NDJSON line
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request that holds a device slot: which one, and when its service (nominally) started.
+
+    ``start_s`` is ``max(arrival in the handler, the slot's nominal free time)``: a free slot
+    serves from arrival; a slot handed over serves from the previous request's nominal end."""
+
+    model: str
+    slot: int
+    start_s: float
+    t_arrive: float
+
+    @property
+    def queue_s(self) -> float:
+        return self.start_s - self.t_arrive
 
 
 class TierRuntime:
@@ -58,7 +77,12 @@ class TierRuntime:
         for name, size in self.model_bytes.items():
             self.metrics.model_bytes.labels(cfg.tier, name).set(size)
         self.slots = DeviceSlots(cfg.concurrency, cfg.queue_limit)
-        self.rng = np.random.default_rng(cfg.jitter_seed)
+        self.rng = np.random.default_rng(cfg.jitter_seed)  # device-time jitter draws
+        # LM confidence draws of requests without a seed: a stream of its own, so LM traffic
+        # does not shift the jitter sequence
+        self.lm_rng = np.random.default_rng(np.random.SeedSequence(cfg.jitter_seed, spawn_key=(1,)))
+        # the device time a vision request is expected to take (Retry-After estimates)
+        self.expected_device_s = {name: _expected_device_s(cfg, name) for name in cfg.models}
         self.instances: list[dict[str, LiteRTModel]] = []
         self.model_info: dict[str, dict[str, Any]] = {}
         self.executor: ThreadPoolExecutor | None = None
@@ -66,7 +90,8 @@ class TierRuntime:
         self.ready = False
         self.realtime_holds = False
         self.send_lead_s = 0.0  # EWMA of hold end -> answer written (see observe_send)
-        self._stop = threading.Event()
+        self._holds: set[threading.Event] = set()  # stop events of the holds under way
+        self._closing = False
 
     # --- lifecycle ---
 
@@ -108,7 +133,8 @@ class TierRuntime:
                 "jitter": None,
                 "emulated": True,
             }
-        # One thread per device slot: it sleeps through the emulated device time.
+        # One thread per device slot: it sleeps through the emulated device time. A hold that
+        # is stopped (client gone, shutdown) wakes its thread at once via its own event.
         init = try_realtime_thread if self.cfg.realtime_holds else None
         self.executor = ThreadPoolExecutor(
             self.cfg.concurrency, thread_name_prefix="device", initializer=init
@@ -123,7 +149,9 @@ class TierRuntime:
         self.metrics.ready.labels(self.cfg.tier).set(1)
 
     def close(self) -> None:
-        self._stop.set()  # end device holds still running
+        self._closing = True
+        for stop in list(self._holds):  # end device holds still running
+            stop.set()
         self.ready = False
         self.metrics.ready.labels(self.cfg.tier).set(0)
         for pool in (self.executor, self.compute_executor):
@@ -131,73 +159,113 @@ class TierRuntime:
                 pool.shutdown(wait=False, cancel_futures=True)
         self.executor = self.compute_executor = None
 
-    # --- admission ---
+    # --- load, admission, release ---
+
+    def current_load(self) -> dict[str, int]:
+        """The device's occupancy now: requests waiting for a slot, requests holding one."""
+        return {
+            "queue_depth": self.slots.waiting,
+            "in_service": self.slots.in_service,
+            "concurrency": self.cfg.concurrency,
+            "queue_limit": self.cfg.queue_limit,
+        }
 
     def retry_after_s(self) -> int:
-        """Seconds a refused client should wait: the current backlog's emulated service time."""
-        typical_ms = max(
-            [m.latency_ms or 0.0 for m in self.cfg.models.values()]
-            + [lm.ttft_ms or 0.0 for lm in self.cfg.lm.values()]
-        )
-        backlog = (self.slots.waiting + self.slots.in_service) / self.cfg.concurrency
-        return max(1, math.ceil(backlog * typical_ms / 1000.0))
+        """Seconds a refused client should wait: the remaining device time of the requests in
+        service plus that of the waiting requests' own models, over the concurrency (≥ 1)."""
+        return self.slots.retry_after_s(time.perf_counter())
 
-    @asynccontextmanager
-    async def slot(self, model: str, t_arrive: float):  # type: ignore[no-untyped-def]
-        """Hold a device slot for one request; yields (slot, queue_s, start_s).
-
-        ``start_s`` is when the device starts serving the request: its arrival in the handler
-        (``t_arrive``) when a slot was free, else the moment a finishing request handed its slot
-        over; ``queue_s`` is the real wait for the slot (0 when one was free)."""
-        t_enter = time.perf_counter()
-        waited = False
-        try:
-            slot = self.slots.try_acquire()
-            if slot is None:
-                waited = True
-                self.metrics.queue_depth_t.set(self.slots.waiting + 1)
-                slot = await self.slots.acquire()
-        except QueueFull:
+    async def admit(
+        self, model: str, device_s: float, t_arrive: float, watch: DisconnectWatch | None
+    ) -> Admission:
+        """Take a device slot for a request expecting ``device_s`` of device time, waiting in
+        FIFO order if none is free. Raises ApiError 503 (+ Retry-After) when the queue is full
+        and ClientGone when the client leaves the queue with ``on_disconnect: abort``.
+        The caller must :meth:`release` the admission."""
+        grant = self.slots.try_acquire(device_s)
+        if grant is None:
+            try:
+                fut = self.slots.enqueue(device_s)
+            except QueueFull:
+                self.metrics.count(model, "queue_full")
+                raise ApiError(
+                    503,
+                    "model",
+                    f"tier {self.cfg.tier} is busy: {self.slots.waiting} requests already wait "
+                    f"(queue_limit {self.cfg.queue_limit}); retry later",
+                    headers={"Retry-After": str(self.retry_after_s())},
+                ) from None
             self.metrics.queue_depth_t.set(self.slots.waiting)
-            self.metrics.count(model, "queue_full")
-            raise ApiError(
-                503,
-                "model",
-                f"tier {self.cfg.tier} is busy: {self.slots.waiting} requests already wait "
-                f"(queue_limit {self.cfg.queue_limit}); retry later",
-                headers={"Retry-After": str(self.retry_after_s())},
-            ) from None
-        finally:
-            self.metrics.queue_depth_t.set(self.slots.waiting)
-        t_start = time.perf_counter() if waited else min(t_arrive, t_enter)
+            try:
+                if (
+                    watch is not None
+                    and not await watch.first(fut)
+                    and self.cfg.on_disconnect == "abort"
+                ):
+                    self.slots.withdraw(fut)
+                    raise self._abandon(model, "aborted")
+                grant = await fut
+            except asyncio.CancelledError:
+                self.slots.withdraw(fut)
+                raise
+            finally:
+                self.metrics.queue_depth_t.set(self.slots.waiting)
+        slot, free_at = grant
+        start_s = max(t_arrive, free_at)
+        self.slots.expect_end(slot, start_s + device_s)
         self.metrics.in_service_t.set(self.slots.in_service)
-        try:
-            yield slot, (t_start - t_enter) if waited else 0.0, t_start
-        finally:
-            self.slots.release(slot)
-            self.metrics.in_service_t.set(self.slots.in_service)
+        return Admission(model, slot, start_s, t_arrive)
 
-    async def hold_device(self, t_start: float, target_ms: float) -> tuple[float, float]:
-        """Hold a profile request that started service at ``t_start`` for ``target_ms`` of
-        device time, less the send lead (the typical time the answer then takes to reach the
-        socket, at most half the device time), so the answer leaves the tier ``target_ms``
-        after the device started on it. Returns (hold end, lead used), both in seconds."""
-        lead_s = min(self.send_lead_s, MAX_SEND_LEAD_S, target_ms / 2000.0)
-        return await self.hold(t_start + target_ms / 1000.0 - lead_s), lead_s
+    def release(self, adm: Admission, nominal_end_s: float | None) -> None:
+        """Give the slot back; the next request starts service at ``nominal_end_s`` (None:
+        now, for a request that stopped early)."""
+        self.slots.release(adm.slot, nominal_end_s)
+        self.metrics.in_service_t.set(self.slots.in_service)
+        self.metrics.queue_depth_t.set(self.slots.waiting)
+
+    def _abandon(self, model: str, action: Action) -> ClientGone:
+        self.metrics.abandoned[(model, action)].inc()
+        return ClientGone(action)
+
+    # --- device-time holds ---
+
+    async def hold(self, deadline_s: float, watch: DisconnectWatch | None = None) -> float | None:
+        """Wait (off the event loop) until ``deadline_s``; returns the release time. Returns
+        None, having stopped the hold at once, when the client goes away meanwhile and
+        ``on_disconnect`` is ``abort`` (with ``finish`` the hold runs to its end)."""
+        now = time.perf_counter()
+        if deadline_s <= now or self._closing:
+            return now
+        stop = threading.Event()
+        self._holds.add(stop)
+        try:
+            fut = asyncio.get_running_loop().run_in_executor(
+                self.executor, hold_until, deadline_s, stop
+            )
+            if watch is not None:
+                if not watch.gone:
+                    await watch.first(fut)
+                if watch.gone and not fut.done() and self.cfg.on_disconnect == "abort":
+                    stop.set()  # wakes the thread now: the next hold need not wait for it
+                    return None
+            return await fut
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        finally:
+            self._holds.discard(stop)
+
+    def leads(self, target_s: float, host_lead_ms: float, nominal_end_s: float) -> Leads:
+        """The send and host leads of a hold ending nominally at ``nominal_end_s`` (see
+        :mod:`services.tier.leads`); called once the request's compute is done."""
+        room_s = nominal_end_s - time.perf_counter()
+        return plan_leads(target_s, self.send_lead_s, host_lead_ms / 1000.0, room_s)
 
     def observe_send(self, send_s: float) -> None:
         """Learn the send lead from one answer: ``send_s`` from its hold's end to its body
         written to the transport (called by the routes once the response is sent)."""
         send_s = min(max(send_s, 0.0), MAX_SEND_LEAD_S)
         self.send_lead_s += SEND_LEAD_GAIN * (send_s - self.send_lead_s)
-
-    async def hold(self, deadline_s: float) -> float:
-        """Wait (off the event loop) until ``deadline_s``; returns the release time."""
-        now = time.perf_counter()
-        if deadline_s <= now:
-            return now
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, hold_until, deadline_s, self._stop)
 
     def device_target_ms(self, model: str) -> float:
         m = self.cfg.models[model]
@@ -221,38 +289,57 @@ class TierRuntime:
             )  # fmt: skip
 
     async def infer(
-        self, model: str, image: np.ndarray, request_id: str | None, t_arrive: float
+        self,
+        model: str,
+        image: np.ndarray,
+        request_id: str | None,
+        t_arrive: float,
+        *,
+        watch: DisconnectWatch | None = None,
+        host_lead_ms: float = 0.0,
     ) -> tuple[dict[str, Any], float | None]:
         """Classify one image on this tier, holding it for the device time in profile mode.
 
         Returns the answer and, in profile mode, when its hold ended (for :meth:`observe_send`).
+        Raises ClientGone when the client went away (see ``on_disconnect``).
         """
         self.check_model(model, "vision")
         profile = self.cfg.models[model].device_time == "profile"
+        adm = await self.admit(model, self.expected_device_s[model], t_arrive, watch)
         t_end: float | None = None
-        lead_ms = 0.0
-        async with self.slot(model, t_arrive) as (slot, queue_s, t_start):
+        leads = NO_LEADS
+        nominal_end: float | None = None
+        try:
             if self.compute_executor is None:
-                probs, compute_s = self.instances[slot][model].probabilities(image)
+                probs, compute_s = self.instances[adm.slot][model].probabilities(image)
             else:
                 probs, compute_s = await asyncio.get_running_loop().run_in_executor(
-                    self.compute_executor, self.instances[slot][model].probabilities, image
+                    self.compute_executor, self.instances[adm.slot][model].probabilities, image
                 )
             if profile:
                 target_ms = self.device_target_ms(model)
-                t_end, lead_s = await self.hold_device(t_start, target_ms)
-                lead_ms = lead_s * 1000.0
-                emulated_s = t_end - t_start + lead_s
+                end_s = adm.start_s + target_ms / 1000.0
+                self.slots.expect_end(adm.slot, end_s)
+                leads = self.leads(target_ms / 1000.0, host_lead_ms, end_s)
+                t_end = await self.hold(end_s - leads.total_s, watch)
+                if t_end is None:
+                    raise self._abandon(model, "aborted")
+                nominal_end = end_s
+                emulated_s = t_end - adm.start_s + leads.total_s
             else:
                 target_ms = compute_s * 1000.0
                 emulated_s = compute_s
+        finally:
+            self.release(adm, nominal_end)
+        if watch is not None and watch.gone:
+            raise self._abandon(model, "finished")
         service_s = time.perf_counter() - t_arrive
-        queue_ms = queue_s * 1000.0
+        queue_ms = adm.queue_s * 1000.0
         emulated_ms = emulated_s * 1000.0
         e = energy.estimate(self.cfg, emulated_ms, queue_ms)
         self.metrics.observe(
             model,
-            queue_s=queue_s,
+            queue_s=adm.queue_s,
             compute_s=compute_s,
             emulated_s=emulated_s,
             service_s=service_s,
@@ -272,10 +359,12 @@ class TierRuntime:
                 "compute_ms": compute_s * 1000.0,
                 "emulated_ms": emulated_ms,
                 "target_ms": target_ms,
-                "send_lead_ms": lead_ms,
+                "send_lead_ms": leads.send_s * 1000.0,
+                "host_lead_ms": leads.host_s * 1000.0,
                 "service_ms": service_s * 1000.0,
             },
             "energy": e,
+            "load": self.current_load(),
             "emulated": {"device_time": profile, "energy": True, "lm": False},
         }, t_end
 
@@ -283,24 +372,25 @@ class TierRuntime:
 
     def lm_result(
         self,
-        model: str,
         p: lm.LMPlan,
         words: list[str],
         request_id: str | None,
-        queue_s: float,
+        adm: Admission,
         held_s: float,
-        t_arrive: float,
-        lead_ms: float = 0.0,
+        leads: Leads,
+        seed: int | None,
     ) -> dict[str, Any]:
-        """Account one finished LM request (metrics, energy) and build its answer; ``held_s``
-        is the device time (including the send lead the hold ended early by)."""
-        service_s = time.perf_counter() - t_arrive
-        queue_ms = queue_s * 1000.0
+        """Account one finished LM request (metrics, energy), draw its confidence and build its
+        answer; ``held_s`` is the device time (including the leads the hold ended early by).
+        Called after the slot was released (``load`` is what a new request would find)."""
+        model = adm.model
+        service_s = time.perf_counter() - adm.t_arrive
+        queue_ms = adm.queue_s * 1000.0
         total_ms = held_s * 1000.0
         e = energy.estimate(self.cfg, total_ms, queue_ms)
         self.metrics.observe(
             model,
-            queue_s=queue_s,
+            queue_s=adm.queue_s,
             compute_s=0.0,
             emulated_s=held_s,
             service_s=service_s,
@@ -308,6 +398,7 @@ class TierRuntime:
         )
         self.metrics.tokens[model].inc(p.tokens)
         self.metrics.count(model, "ok")
+        rng = self.lm_rng if seed is None else lm.request_rng(seed, model)
         return {
             "tier": self.cfg.tier,
             "model": model,
@@ -316,37 +407,115 @@ class TierRuntime:
             "tokens": p.tokens,
             "length": p.length,
             "quality": p.quality,
+            "confidence": lm.confidence(p.quality, rng),
             "timing": {
                 "queue_ms": queue_ms,
                 "ttft_ms": p.ttft_ms,
                 "total_ms": total_ms,
                 "target_ms": p.total_ms,
-                "send_lead_ms": lead_ms,
+                "send_lead_ms": leads.send_s * 1000.0,
+                "host_lead_ms": leads.host_s * 1000.0,
                 "service_ms": service_s * 1000.0,
             },
             "energy": e,
+            "load": self.current_load(),
             "emulated": {"device_time": True, "energy": True, "lm": True},
         }
 
     async def generate(
         self,
         model: str,
-        prompt: str,
-        max_tokens: int | None,
-        length: str | None,
+        p: lm.LMPlan,
         request_id: str | None,
         t_arrive: float,
+        *,
+        prompt: str = "",
+        seed: int | None = None,
+        watch: DisconnectWatch | None = None,
+        host_lead_ms: float = 0.0,
     ) -> tuple[dict[str, Any], float]:
         """Emulated LM answer, holding a device slot for ttft + (tokens - 1) × tpot; returns
-        the answer and when its hold ended (for :meth:`observe_send`)."""
-        self.check_model(model, "lm")
-        p = lm.plan(self.cfg.lm[model], max_tokens, length)
+        the answer and when its hold ended (for :meth:`observe_send`). Raises ClientGone when
+        the client went away (see ``on_disconnect``)."""
         words = lm.generate_tokens(model, prompt, p.tokens)
-        async with self.slot(model, t_arrive) as (_, queue_s, t_start):
-            t_end, lead_s = await self.hold_device(t_start, p.total_ms)
-        held_s = t_end - t_start + lead_s
-        return self.lm_result(model, p, words, request_id, queue_s, held_s, t_arrive,
-                              lead_s * 1000.0), t_end
+        adm = await self.admit(model, p.total_ms / 1000.0, t_arrive, watch)
+        nominal_end: float | None = None
+        try:
+            end_s = adm.start_s + p.total_ms / 1000.0
+            leads = self.leads(p.total_ms / 1000.0, host_lead_ms, end_s)
+            t_end = await self.hold(end_s - leads.total_s, watch)
+            if t_end is None:
+                raise self._abandon(model, "aborted")
+            nominal_end = end_s
+        finally:
+            self.release(adm, nominal_end)
+        if watch is not None and watch.gone:
+            raise self._abandon(model, "finished")
+        held_s = t_end - adm.start_s + leads.total_s
+        return self.lm_result(p, words, request_id, adm, held_s, leads, seed), t_end
+
+    async def stream_lines(
+        self,
+        adm: Admission,
+        p: lm.LMPlan,
+        words: list[str],
+        request_id: str | None,
+        *,
+        seed: int | None,
+        watch: DisconnectWatch,
+        host_lead_ms: float = 0.0,
+    ) -> AsyncIterator[bytes]:
+        """The NDJSON lines of an admitted streaming request, each held until its emulated
+        token time (ending ``host_lead_ms`` early), then the final answer with ``done``.
+
+        Owns ``adm``: releases the slot when done. A client that goes away (``watch``) is
+        handled as ``on_disconnect`` says: ``finish`` holds the slot to the nominal end,
+        ``abort`` frees it at once; either way no more lines come and it is counted."""
+        target_s = p.total_ms / 1000.0
+        end_s = adm.start_s + target_s
+        leads = plan_leads(target_s, 0.0, host_lead_ms / 1000.0, target_s)
+        times_ms = lm.token_times_ms(p)
+        released = False
+        try:
+            i = 0
+            t_end = adm.start_s
+            while i < p.tokens:
+                j = int(np.searchsorted(times_ms, times_ms[i] + STREAM_CHUNK_MS, side="right"))
+                t_ms = float(times_ms[j - 1])
+                t = await self.hold(adm.start_s + t_ms / 1000.0 - leads.total_s, watch)
+                if t is None or watch.gone:
+                    if self.cfg.on_disconnect == "abort":
+                        released = True
+                        self.release(adm, None)
+                        self._abandon(adm.model, "aborted")
+                    else:  # the device finishes the answer nobody reads
+                        await self.hold(end_s - leads.total_s)
+                        released = True
+                        self.release(adm, end_s)
+                        self._abandon(adm.model, "finished")
+                    return
+                chunk = {"tokens": words[i:j], "index": i, "t_ms": t_ms}
+                yield (json.dumps(chunk) + "\n").encode()
+                i = j
+                t_end = t
+            released = True
+            self.release(adm, end_s)
+        finally:
+            if not released:
+                self.release(adm, None)
+        held_s = t_end - adm.start_s + leads.total_s
+        result = self.lm_result(p, words, request_id, adm, held_s, leads, seed)
+        yield (json.dumps({**result, "done": True}) + "\n").encode()
+
+
+def _expected_device_s(cfg: TierConfig, model: str) -> float:
+    """Mean device time of a vision request: latency + the jitter's mean (profile), else 0 (real
+    mode: host compute, tens of microseconds)."""
+    m = cfg.models[model]
+    if m.device_time != "profile":
+        return 0.0
+    jitter_ms = m.jitter.expected_ms() if m.jitter is not None else 0.0
+    return max(0.0, float(m.latency_ms or 0.0) + jitter_ms) / 1000.0
 
 
 def _is_realtime() -> bool:

@@ -10,6 +10,7 @@ from services.tier.inputs import IMAGE_PIXELS, IMAGE_SIDE
 
 MAX_PROMPT_CHARS = 8192
 MAX_TOKENS = 4096
+MAX_SEED = 2**53 - 1  # JSON-safe integers (exact as doubles)
 
 _PIXEL: Any = {"type": "number", "minimum": 0, "maximum": 255}
 
@@ -52,17 +53,41 @@ class Emulated(BaseModel):
     lm: bool = Field(description="the answer comes from the LM stub")
 
 
+_QUEUE_DOC = (
+    "wait from the request's arrival in the handler to the start of its service: 0 when a slot "
+    "was free, else the previous request's nominal end (its start + device time; the device's "
+    "own queueing, not shortened by leads)"
+)
+_HOST_LEAD_DOC = (
+    "the hold ended this much earlier to absorb the testbed's own HTTP path, as asked by the "
+    "x-edgebed-host-lead-ms header and applied (the send and host leads together are at most "
+    "half the device time and never end the hold before the real compute finished)"
+)
+
+
 class InferTiming(BaseModel):
-    queue_ms: float = Field(description="real wait for a free device slot")
+    queue_ms: float = Field(ge=0, description=_QUEUE_DOC)
     compute_ms: float = Field(description="real LiteRT compute on this host")
     emulated_ms: float = Field(
-        description="device time: from the start of service (arrival, or the slot hand-over "
-        "after a wait) to the end of the hold plus send_lead_ms (profile); real compute (real)")
+        description="device time: from the start of service to the end of the hold plus "
+        "send_lead_ms and host_lead_ms, i.e. the nominal device time target_ms that a client "
+        "should observe (profile); real compute (real)")
     target_ms: float = Field(description="device time drawn from the profile (latency + jitter)")
     send_lead_ms: float = Field(
         0.0, description="the hold ended this early to cover the tier's own response path "
         "(learned; 0 in real mode)")
+    host_lead_ms: float = Field(0.0, ge=0, le=10, description=_HOST_LEAD_DOC)
     service_ms: float = Field(description="all time inside the server")
+
+
+class Load(BaseModel):
+    """The tier's occupancy, sampled when the answer was built: after this request released
+    its device slot, i.e. what a request arriving at that moment would find."""
+
+    queue_depth: int = Field(ge=0, description="requests waiting for a device slot")
+    in_service: int = Field(ge=0, description="requests holding a device slot")
+    concurrency: int = Field(ge=1, description="device slots")
+    queue_limit: int = Field(ge=0, description="requests allowed to wait; beyond it 503")
 
 
 class InferResponse(BaseModel):
@@ -74,6 +99,7 @@ class InferResponse(BaseModel):
     probabilities: list[float]
     timing: InferTiming
     energy: Energy
+    load: Load
     emulated: Emulated
 
 
@@ -88,16 +114,22 @@ class GenerateRequest(BaseModel):
     )
     stream: bool = Field(False, description="answer NDJSON lines, one per token chunk")
     request_id: str | None = Field(None, max_length=128)
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED,
+        description="makes the emulated confidence draw deterministic for (seed, model); "
+        "without it the tier's own generator (seeded from jitter_seed) draws",
+    )  # fmt: skip
 
 
 class GenerateTiming(BaseModel):
-    queue_ms: float
+    queue_ms: float = Field(ge=0, description=_QUEUE_DOC)
     ttft_ms: float = Field(description="emulated time to first token")
     total_ms: float = Field(description="device time, start of service to last token "
-                            "(measured hold + send_lead_ms)")
+                            "(measured hold + send_lead_ms + host_lead_ms)")
     target_ms: float = Field(description="ttft + (tokens - 1) × tpot from the profile")
     send_lead_ms: float = Field(0.0, description="the hold ended this early to cover the "
-                                "tier's own response path (learned)")
+                                "tier's own response path (learned; 0 for streams)")
+    host_lead_ms: float = Field(0.0, ge=0, le=10, description=_HOST_LEAD_DOC)
     service_ms: float
 
 
@@ -109,14 +141,32 @@ class GenerateResponse(BaseModel):
     tokens: int
     length: Literal["short", "long"]
     quality: float = Field(description="the simulator's quality value for this model and length")
+    confidence: float = Field(
+        ge=0.01, le=0.999,
+        description="emulated: drawn per request as the teaching simulator does, "
+        "N(0.6 + 0.3 × quality, sd 0.1) clipped to [0.01, 0.999]; deterministic for "
+        "(seed, model) when the request has a seed",
+    )  # fmt: skip
     timing: GenerateTiming
     energy: Energy
+    load: Load
     emulated: Emulated
 
 
+class ErrorItem(BaseModel):
+    field: str | None
+    msg: str
+
+
 class ErrorResponse(BaseModel):
-    detail: str
-    field: str | None = Field(description="the offending field, e.g. image[3][5], model, body")
+    """The error shape of every edgebed HTTP API (``common.httperrors``)."""
+
+    detail: str = Field(description="one line naming the field and what is allowed")
+    field: str | None = Field(
+        description="the offending field, e.g. image[3][5], model, body, content-length, "
+        "x-edgebed-host-lead-ms, path, method")
+    errors: list[ErrorItem] = Field(
+        min_length=1, description="every problem found (the first is detail/field)")
 
 
 class ModelInfo(BaseModel):
@@ -142,6 +192,8 @@ class ModelsResponse(BaseModel):
     memory_bytes: int
     energy_model: str
     energy_factor: float
+    on_disconnect: Literal["finish", "abort"] = Field(
+        description="what a request whose client disconnects does: finish or abort")
     realtime_holds: bool = Field(description="device-hold threads run with SCHED_FIFO priority")
     models: list[ModelInfo]
 
@@ -157,10 +209,17 @@ class Readiness(BaseModel):
     models: list[str]
 
 
+class Status(Load):
+    """``GET /v1/status``: the tier's load now (queue-aware routing reads it) and readiness."""
+
+    tier: str
+    ready: bool
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in {
-        400: "malformed body",
+        400: "malformed body or HTTP framing (content-length)",
         404: "model not served by this tier",
         413: "body too large",
         415: "unsupported content type",

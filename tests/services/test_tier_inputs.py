@@ -42,6 +42,8 @@ def test_uint8_scale_forced() -> None:
         ([float("inf")] + [0.0] * 783, "image[0]"),
         (["a"] * 784, "image"),
         ([True] * 784, "image"),
+        ([True, 0] + [0] * 782, "image[0]"),  # numpy would read it as integers
+        ([[0] * 28] * 2 + [[0, 1, False] + [0] * 25] + [[0] * 28] * 25, "image[2][2]"),
         ("pixels", "image"),
         ([10**30] * 784, "image"),
     ],

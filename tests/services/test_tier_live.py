@@ -82,6 +82,8 @@ def test_answer_shape_and_labels(real_tiers: dict[str, TierProcess]) -> None:
     assert d["emulated"] == {"device_time": False, "energy": True, "lm": False}  # real mode
     t = d["timing"]
     assert t["emulated_ms"] == t["compute_ms"] and t["service_ms"] >= t["compute_ms"]
+    assert t["send_lead_ms"] == t["host_lead_ms"] == 0.0  # nothing held in real mode
+    assert d["load"] == {"queue_depth": 0, "in_service": 0, "concurrency": 2, "queue_limit": 32}
     assert d["energy"]["model"] == "power" and d["energy"]["energy_mj"] == d["energy"]["power_mj"]
 
 
@@ -141,6 +143,8 @@ BAD_GENERATE = [
     ("llm not on edge", {"model": "llm"}, 404, "model"),
     ("missing model", {"prompt": "hi"}, 422, "model"),
     ("extra field", {"model": "slm", "temperature": 0.7}, 422, "temperature"),
+    ("negative seed", {"model": "slm", "seed": -1}, 422, "seed"),
+    ("fractional seed", {"model": "slm", "seed": 0.5}, 422, "seed"),
 ]
 
 
@@ -153,6 +157,7 @@ def test_bad_infer_input_is_4xx_naming_the_field(
     r = httpx.post(f"{real_tiers['edge'].url}/v1/infer", timeout=10.0, **kwargs)
     assert r.status_code == status, f"{what}: {r.status_code} {r.text[:300]}"
     body = r.json()
+    assert set(body) == {"detail", "field", "errors"}, body  # common.httperrors shape
     assert body["field"] == field, f"{what}: {body}"
     assert field.split("[")[0] in body["detail"], body
 
@@ -166,6 +171,7 @@ def test_bad_generate_input_is_4xx_naming_the_field(
     r = httpx.post(f"{real_tiers['edge'].url}/v1/generate", json=body, timeout=10.0)
     assert r.status_code == status, f"{what}: {r.status_code} {r.text[:300]}"
     assert r.json()["field"] == field, r.json()
+    assert r.json()["errors"][0]["field"] == field, r.json()
 
 
 def test_generate_is_deterministic_and_labelled(real_tiers: dict[str, TierProcess]) -> None:
@@ -176,6 +182,7 @@ def test_generate_is_deterministic_and_labelled(real_tiers: dict[str, TierProces
     da, db = a.json(), b.json()
     assert da["text"] == db["text"] and len(da["text"].split()) == da["tokens"] == 128
     assert da["quality"] == 0.92 and da["length"] == "long"
+    assert 0.01 <= da["confidence"] <= 0.999  # emulated, drawn per request (test_tier_lm)
     assert da["emulated"] == {"device_time": True, "energy": True, "lm": True}
     # fast LM profile of the fixture: ttft 2 ms + 127 × 0.01 ms
     assert da["timing"]["target_ms"] == pytest.approx(2.0 + 127 * 0.01)
@@ -195,6 +202,7 @@ def test_generate_stream(real_tiers: dict[str, TierProcess]) -> None:
         lines = [json.loads(line) for line in r.iter_lines() if line]
     final = lines[-1]
     assert final["done"] is True and final["tokens"] == 40
+    assert 0.01 <= final["confidence"] <= 0.999 and final["load"]["concurrency"] == 1
     streamed = [w for line in lines[:-1] for w in line["tokens"]]
     assert " ".join(streamed) == final["text"]
 
@@ -206,6 +214,7 @@ def test_models_health_ready(real_tiers: dict[str, TierProcess]) -> None:
     assert ready.status_code == 200 and ready.json()["ready"] is True
     info = httpx.get(f"{url}/v1/models").json()
     assert info["tier"] == "mcu" and info["concurrency"] == 1
+    assert info["on_disconnect"] == "finish"
     names = {m["name"]: m for m in info["models"]}
     assert set(names) == {"tinycnn", "int8", "slm"}
     assert names["int8"]["latency_ms"] == 25.0 and names["int8"]["dtype"] == "int8"

@@ -37,6 +37,10 @@ def test_counters_equal_requests_per_label_set(tier_factory: Callable[..., TierP
                 _get(before, "edgebed_requests_total", tier="edge", model=model, outcome=outcome)
                 == 0
             )
+    for model in ("int8", "fp32", "tinycnn", "slm"):
+        for action in ("finished", "aborted"):
+            assert _get(before, "edgebed_tier_abandoned_total", tier="edge", model=model,
+                        action=action) == 0  # fmt: skip
     sent = {("int8", "ok"): 37, ("fp32", "ok"): 11, ("tinycnn", "ok"): 5, ("slm", "ok"): 3,
             ("int8", "client_error"): 4, ("unknown", "not_found"): 2}  # fmt: skip
     energy_mj = {"int8": 0.0, "fp32": 0.0, "tinycnn": 0.0, "slm": 0.0}

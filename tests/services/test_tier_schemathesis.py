@@ -52,5 +52,5 @@ def test_openapi_fuzz(tier: str, real_tiers: dict[str, TierProcess]) -> None:
 
     run()
     print(f"{tier}: {sorted(seen.items())}")
-    for wanted in ("POST /v1/infer 200", "POST /v1/generate 200"):
+    for wanted in ("POST /v1/infer 200", "POST /v1/generate 200", "GET /v1/status 200"):
         assert any(k.startswith(wanted) for k in seen), (wanted, sorted(seen.items()))

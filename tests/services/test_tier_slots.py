@@ -1,8 +1,10 @@
-"""DeviceSlots: FIFO hand-over, bounded waiting, cancellation; hold_until precision."""
+"""DeviceSlots: FIFO hand-over, bounded waiting, cancellation, nominal hand-over times and the
+backlog behind Retry-After; hold_until precision and its stop event."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,10 +17,10 @@ def test_fifo_and_queue_limit() -> None:
     async def scenario() -> list[int]:
         slots = DeviceSlots(concurrency=1, queue_limit=2)
         order: list[int] = []
-        first = await slots.acquire()
+        first, _ = await slots.acquire()
 
         async def waiter(i: int) -> None:
-            s = await slots.acquire()
+            s, _ = await slots.acquire()
             order.append(i)
             await asyncio.sleep(0)
             slots.release(s)
@@ -39,7 +41,7 @@ def test_fifo_and_queue_limit() -> None:
 def test_cancelled_waiter_does_not_leak_a_slot() -> None:
     async def scenario() -> None:
         slots = DeviceSlots(concurrency=1, queue_limit=4)
-        s = await slots.acquire()
+        s, _ = await slots.acquire()
         t = asyncio.create_task(slots.acquire())
         await asyncio.sleep(0)
         t.cancel()
@@ -47,9 +49,62 @@ def test_cancelled_waiter_does_not_leak_a_slot() -> None:
             await t
         slots.release(s)
         assert slots.in_service == 0 and slots.waiting == 0
-        assert await slots.acquire() == s
+        assert (await slots.acquire())[0] == s
 
     asyncio.run(scenario())
+
+
+def test_hand_over_carries_the_nominal_end() -> None:
+    """A waiter handed a slot early (a hold that ended ahead of its nominal end) is told the
+    nominal end, not the hand-over time; a withdrawn waiter passes the same time on."""
+
+    async def scenario() -> None:
+        slots = DeviceSlots(concurrency=1, queue_limit=4)
+        s, _ = await slots.acquire(0.050)
+        a = slots.enqueue(0.050)
+        b = slots.enqueue(0.050)
+        nominal_end = time.perf_counter() + 123.0  # far from any physical time
+        slots.release(s, nominal_end)
+        assert a.result() == (s, nominal_end)
+        slots.withdraw(a)  # a leaves after all: b gets the slot with the same nominal time
+        assert b.result() == (s, nominal_end)
+        slots.release(s, nominal_end + 0.05)
+        assert slots.try_acquire() == (s, nominal_end + 0.05)  # a free slot keeps it too
+
+    asyncio.run(scenario())
+
+
+def test_backlog_counts_remaining_and_queued_device_time() -> None:
+    """Retry-After's backlog: what remains of the request in service plus each waiting
+    request's own device time, over the concurrency; whole seconds, at least 1."""
+
+    async def scenario() -> None:
+        slots = DeviceSlots(concurrency=2, queue_limit=4)
+        now = time.perf_counter()
+        s0, _ = await slots.acquire()
+        s1, _ = await slots.acquire()
+        slots.expect_end(s0, now + 0.100)
+        slots.expect_end(s1, now + 3.000)
+        slots.enqueue(0.025)
+        slots.enqueue(12.0)
+        assert slots.backlog_s(now) == pytest.approx(0.1 + 3.0 + 0.025 + 12.0)
+        assert slots.retry_after_s(now) == 8  # ceil(15.125 / 2)
+        small = DeviceSlots(concurrency=1, queue_limit=4)
+        t, _ = await small.acquire()
+        small.expect_end(t, now + 0.040)
+        small.enqueue(0.040)
+        small.enqueue(0.040)
+        assert small.retry_after_s(now) == 1  # 0.12 s of backlog
+
+    asyncio.run(scenario())
+
+
+def test_hold_until_stop_event_ends_the_hold_at_once() -> None:
+    stop = threading.Event()
+    threading.Timer(0.05, stop.set).start()
+    t0 = time.perf_counter()
+    hold_until(t0 + 30.0, stop)
+    assert time.perf_counter() - t0 < 10.0  # woken by the event, not after 30 s
 
 
 def test_hold_until_precision() -> None:

@@ -1,31 +1,31 @@
-"""``POST /v1/generate``: the emulated SLM/LLM (token timing, deterministic text, quality)."""
+"""``POST /v1/generate``: the emulated SLM/LLM (token timing, deterministic text, quality,
+confidence)."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends
 from pydantic_core import to_json
-from starlette.responses import Response, StreamingResponse
+from starlette.requests import Request
+from starlette.responses import Response
 
 from services.tier import lm
 from services.tier.deps import get_runtime
+from services.tier.disconnect import ClientGone, DisconnectWatch
 from services.tier.errors import ApiError
-from services.tier.responses import SentTimedResponse, send_observer
+from services.tier.leads import HOST_LEAD_HEADER, HOST_LEAD_PARAMETER, parse_host_lead_ms
+from services.tier.responses import GONE_STATUS, NDJSONStream, SentTimedResponse, send_observer
 from services.tier.runtime import TierRuntime
 from services.tier.schemas import ERRORS, GenerateRequest, GenerateResponse
 
 router = APIRouter(prefix="/v1", tags=["lm (emulated)"])
 
-STREAM_CHUNK_MS = 5.0  # tokens closer together than this go out in one NDJSON line
-
 _STREAM_DOC = {
     "description": "the answer; with stream=true NDJSON lines {tokens, index, t_ms} then the "
-    "final answer with done=true",
+    "final answer (GenerateResponse) with done=true. A stream is admitted (device slot taken, "
+    "or queued for it, or 503) before this status is sent",
     "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
 }
 
@@ -34,18 +34,36 @@ _STREAM_DOC = {
     "/generate",
     response_model=GenerateResponse,
     responses={**ERRORS, 200: _STREAM_DOC},
-    summary="emulated SLM/LLM answer (simulator timing and quality; placeholder text)",
+    openapi_extra={"parameters": [HOST_LEAD_PARAMETER]},
+    summary="emulated SLM/LLM answer (simulator timing, quality and confidence; placeholder text)",
 )
 async def generate(
-    req: GenerateRequest, runtime: Annotated[TierRuntime, Depends(get_runtime)]
+    req: GenerateRequest, request: Request, runtime: Annotated[TierRuntime, Depends(get_runtime)]
 ) -> Response:
+    # Service starts here, after FastAPI parsed and validated the body: on a fresh process the
+    # first parse alone can take longer than a short LM target (the fixtures' 3 ms).
     t_arrive = time.perf_counter()
+    watch: DisconnectWatch | None = None
     try:
+        host_lead_ms = parse_host_lead_ms(request.headers.get(HOST_LEAD_HEADER))
+        runtime.check_model(req.model, "lm")
+        p = lm.plan(runtime.cfg.lm[req.model], req.max_tokens, req.length)
+        watch = DisconnectWatch(request.receive)
         if req.stream:
-            return _stream(req, runtime, t_arrive)
+            words = lm.generate_tokens(req.model, req.prompt, p.tokens)
+            adm = await runtime.admit(req.model, p.total_ms / 1000.0, t_arrive, watch)
+            lines = runtime.stream_lines(
+                adm, p, words, req.request_id,
+                seed=req.seed, watch=watch, host_lead_ms=host_lead_ms,
+            )  # fmt: skip
+            stream, watch = NDJSONStream(lines, watch), None  # the stream owns the watch now
+            return stream
         result, hold_end = await runtime.generate(
-            req.model, req.prompt, req.max_tokens, req.length, req.request_id, t_arrive
-        )
+            req.model, p, req.request_id, t_arrive,
+            prompt=req.prompt, seed=req.seed, watch=watch, host_lead_ms=host_lead_ms,
+        )  # fmt: skip
+    except ClientGone:
+        return Response(status_code=GONE_STATUS)  # nobody is listening (counted as abandoned)
     except ApiError as exc:
         if exc.status_code not in (404, 503):
             runtime.metrics.count(req.model, "client_error")
@@ -53,34 +71,7 @@ async def generate(
     except Exception:
         runtime.metrics.count(req.model, "server_error")
         raise
+    finally:
+        if watch is not None:
+            watch.close()
     return SentTimedResponse(to_json(result), send_observer(runtime, hold_end))
-
-
-def _stream(req: GenerateRequest, runtime: TierRuntime, t_arrive: float) -> StreamingResponse:
-    runtime.check_model(req.model, "lm")
-    slots = runtime.slots
-    if not slots.try_acquire_possible() and slots.waiting >= slots.queue_limit:
-        runtime.metrics.count(req.model, "queue_full")
-        raise ApiError(
-            503, "model", f"tier {runtime.cfg.tier} is busy; retry later",
-            headers={"Retry-After": str(runtime.retry_after_s())},
-        )  # fmt: skip
-    p = lm.plan(runtime.cfg.lm[req.model], req.max_tokens, req.length)
-    words = lm.generate_tokens(req.model, req.prompt, p.tokens)
-    times_ms = lm.token_times_ms(p)
-
-    async def lines() -> AsyncIterator[bytes]:
-        async with runtime.slot(req.model, t_arrive) as (_, queue_s, t_start):
-            i = 0
-            while i < p.tokens:
-                j = int(np.searchsorted(times_ms, times_ms[i] + STREAM_CHUNK_MS, side="right"))
-                t_ms = float(times_ms[j - 1])
-                await runtime.hold(t_start + t_ms / 1000.0)
-                chunk = {"tokens": words[i:j], "index": i, "t_ms": t_ms}
-                yield (json.dumps(chunk) + "\n").encode()
-                i = j
-            held_s = time.perf_counter() - t_start
-        result = runtime.lm_result(req.model, p, words, req.request_id, queue_s, held_s, t_arrive)
-        yield (json.dumps({**result, "done": True}) + "\n").encode()
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")

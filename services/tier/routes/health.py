@@ -1,4 +1,4 @@
-"""Liveness and readiness probes."""
+"""Liveness, readiness and load probes."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import Response
 
 from services.tier.deps import get_runtime
 from services.tier.runtime import TierRuntime
-from services.tier.schemas import Health, Readiness
+from services.tier.schemas import Health, Readiness, Status
 
 router = APIRouter(tags=["health"])
 
@@ -28,3 +30,15 @@ async def healthz(runtime: Annotated[TierRuntime, Depends(get_runtime)]) -> Heal
 async def readyz(runtime: Annotated[TierRuntime, Depends(get_runtime)]) -> JSONResponse:
     body = Readiness(ready=runtime.ready, tier=runtime.cfg.tier, models=runtime.cfg.served_models)
     return JSONResponse(body.model_dump(), status_code=200 if runtime.ready else 503)
+
+
+@router.get(
+    "/v1/status",
+    response_model=Status,
+    summary="the tier's load now (queue depth, requests in service) and readiness",
+)
+async def status(request: Request) -> Response:
+    # Also mounted as a plain Starlette route (app.py): polled often, so no dependency solving.
+    runtime: TierRuntime = request.app.state.runtime
+    body = {"tier": runtime.cfg.tier, "ready": runtime.ready, **runtime.current_load()}
+    return JSONResponse(body)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter
 from pydantic_core import to_json
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.tier.disconnect import ClientGone, DisconnectWatch
 from services.tier.errors import ApiError
 from services.tier.inputs import (
     BINARY_TYPES,
@@ -16,9 +15,10 @@ from services.tier.inputs import (
     decode_binary,
     decode_json,
     media_type,
-    read_body_limited,
 )
-from services.tier.responses import SentTimedResponse, send_observer
+from services.tier.intake import arrival_s
+from services.tier.leads import HOST_LEAD_HEADER, HOST_LEAD_PARAMETER, parse_host_lead_ms
+from services.tier.responses import GONE_STATUS, SentTimedResponse, send_observer
 from services.tier.runtime import TierRuntime
 from services.tier.schemas import ERRORS, InferRequest, InferResponse
 
@@ -41,6 +41,7 @@ _BODY_DOC = {
             "required": False,
             "schema": {"type": "string", "maxLength": 128},
         },
+        HOST_LEAD_PARAMETER,
     ],
     "requestBody": {
         "required": True,
@@ -68,17 +69,19 @@ _BODY_DOC = {
     summary="classify one 28×28 image with a served LiteRT model",
 )
 async def infer(request: Request) -> Response:
-    t_arrive = time.perf_counter()
+    t_arrive = arrival_s(request.scope)
     runtime: TierRuntime = request.app.state.runtime
     model = request.query_params.get("model")
     x_request_id = request.headers.get("x-request-id")
     name = model or "unknown"
+    watch: DisconnectWatch | None = None
     try:
         if model is not None and len(model) > 64:
             raise ApiError(422, "model", "model: at most 64 characters")
         if x_request_id is not None and len(x_request_id) > 128:
             raise ApiError(422, "x-request-id", "x-request-id: at most 128 characters")
-        body = await read_body_limited(request, runtime.cfg.max_body_bytes)
+        host_lead_ms = parse_host_lead_ms(request.headers.get(HOST_LEAD_HEADER))
+        body = await request.body()  # at most max_body_bytes (RequestIntake)
         kind = media_type(request)
         if kind in BINARY_TYPES:
             inp = decode_binary(body, model, x_request_id)
@@ -92,9 +95,13 @@ async def infer(request: Request) -> Response:
                 "application/octet-stream",
             )
         name = inp.model
+        watch = DisconnectWatch(request.receive)
         result, hold_end = await runtime.infer(
-            inp.model, inp.image, inp.request_id or x_request_id, t_arrive
-        )
+            inp.model, inp.image, inp.request_id or x_request_id, t_arrive,
+            watch=watch, host_lead_ms=host_lead_ms,
+        )  # fmt: skip
+    except ClientGone:
+        return Response(status_code=GONE_STATUS)  # nobody is listening (counted as abandoned)
     except ApiError as exc:
         if exc.status_code not in (404, 503):
             runtime.metrics.count(name, "client_error")
@@ -102,4 +109,7 @@ async def infer(request: Request) -> Response:
     except Exception:
         runtime.metrics.count(name, "server_error")
         raise
+    finally:
+        if watch is not None:
+            watch.close()
     return SentTimedResponse(to_json(result), send_observer(runtime, hold_end))

@@ -24,6 +24,7 @@ async def list_models(runtime: Annotated[TierRuntime, Depends(get_runtime)]) -> 
             "memory_bytes": cfg.memory_bytes,
             "energy_model": cfg.energy_model,
             "energy_factor": cfg.energy_factor,
+            "on_disconnect": cfg.on_disconnect,
             "realtime_holds": runtime.realtime_holds,
             "models": list(runtime.model_info.values()),
         }
