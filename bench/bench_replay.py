@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.agreement import measure_agreement
-from orchestrator.experiment import run_experiment
+from orchestrator.run import run_experiment
 from services.tier.process import start_tier
 
 
@@ -47,17 +47,17 @@ def one_pass(
             "name": f"bench-{process}-{rate_rps:g}",
             "seeds": 1,
             "workload": {"n": n, "lm_ratio": 0.0},
-            "arrival": {"name": process, "params": {"rate_rps": rate_rps}},
+            "arrival": {"process": process, "params": {"rate_rps": rate_rps}},
             "policies": [{"name": "always_edge", "params": {"cv_route": "EDGE/tinycnn"}}],
-            "targets": {"EDGE": url},
             "replay": {
                 "concurrency": concurrency,
                 "progress": False,
-                "timeout_min_s": 30.0,
                 "realtime": realtime,
+                "host_lead": "off",
             },
         },
         out,
+        targets={"edge": url},
         plots=False,
     )
     wall_s = time.perf_counter() - t0

@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 import httpx
 import yaml
 
+from netem.auth import auth_headers, read_token_file
+
 LINK_BACKENDS = ("auto", "tc", "proxy", "none")
 
 
@@ -170,7 +172,7 @@ def device_links(exp: Any, tier_urls: Mapping[str, str]) -> dict[str, Any]:
     return {
         name: spec
         for name, spec in exp.links.items()
-        if spec.src == "device" and spec.dst.upper() in tier_urls
+        if spec.src == "device" and spec.dst in tier_urls
     }
 
 
@@ -189,7 +191,7 @@ def proxy_topology(
         filled = spec.model_copy(
             update={
                 "listen": f"127.0.0.1:{first_port + i}",
-                "target": hostport(tier_urls[spec.dst.upper()]),
+                "target": hostport(tier_urls[spec.dst]),
             }
         )
         # rtt_range_ms is shorthand already expanded into up/down: the proxy takes one form
@@ -213,6 +215,7 @@ class Links:
     proc: subprocess.Popen | None = None
     control_url: str | None = None
     dev: str | None = None
+    token_file: str | None = None  # the link control API's token (proxy backend)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -240,7 +243,7 @@ def start_links(settings: Settings, exp: Any, tier_urls: dict[str, str],
         from netem import tc
 
         peer_ips = {
-            name: socket.gethostbyname(urlsplit(tier_urls[spec.dst.upper()]).hostname or "")
+            name: socket.gethostbyname(urlsplit(tier_urls[spec.dst]).hostname or "")
             for name, spec in links.items()
         }
         try:
@@ -248,15 +251,21 @@ def start_links(settings: Settings, exp: Any, tier_urls: dict[str, str],
         except (RuntimeError, OSError) as exc:  # e.g. no ifb device for ingress shaping
             tc.clear(settings.dev)
             raise TcApplyError(str(exc)) from exc
-        probe = {n: hostport(tier_urls[s.dst.upper()]) for n, s in links.items()}
+        probe = {n: hostport(tier_urls[s.dst]) for n, s in links.items()}
         return Links("tc", reason, dict(tier_urls), laws, probe, {}, dev=settings.dev)
     doc = proxy_topology(links, tier_urls, settings.links_first_port,
                          settings.links_control_port, seed)
     state_dir.mkdir(parents=True, exist_ok=True)
     config = state_dir / "links.yaml"
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    from orchestrator.stack.links import write_token
+
+    # The control API listens inside the compose network and is published on the host's
+    # loopback: reading is open, changes need this token
+    # (docker compose exec orchestrator cat /tmp/edgebed/link-token).
+    token = write_token(state_dir / "link-token")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "netem.proxy", "--config", str(config)],
+        [sys.executable, "-m", "netem.proxy", "--config", str(config), "--token-file", str(token)],
         stdout=subprocess.PIPE, text=True,
     )
     line = proc.stdout.readline() if proc.stdout else ""
@@ -268,11 +277,12 @@ def start_links(settings: Settings, exp: Any, tier_urls: dict[str, str],
     targets = dict(tier_urls)
     probe, baseline = {}, {}
     for name, spec in doc["links"].items():
-        tier = links[name].dst.upper()
+        tier = links[name].dst
         targets[tier] = f"http://{spec['listen']}"
         probe[name] = spec["listen"]
         baseline[name] = spec["target"]
-    return Links("proxy", reason, targets, laws, probe, baseline, proc, control)
+    return Links("proxy", reason, targets, laws, probe, baseline, proc, control,
+                 token_file=str(token))
 
 
 def _drain(proc: subprocess.Popen) -> None:
@@ -282,34 +292,30 @@ def _drain(proc: subprocess.Popen) -> None:
 
 
 def probe_fidelity(links: Links, exp: Any, n: int) -> dict[str, Any]:
-    """RTT of each link measured with HTTP GET /healthz, against its configured law."""
+    """RTT of each link measured with HTTP GET /healthz through it (netem.probe.probe_link:
+    direct baseline subtracted, the proxy's drawn delays as the mean's reference)."""
     import asyncio
 
-    import numpy as np
-
-    from netem.probe import fidelity_report, measure_rtts
+    from netem.probe import probe_link
 
     reports: dict[str, Any] = {}
     if n <= 0:
         return reports
+    headers = auth_headers(read_token_file(links.token_file) if links.token_file else None)
     for name, target in links.probe_targets.items():
-        spec = exp.links[name]
         try:
-            # one probe at a time: concurrent probes would queue behind each other on a tier
-            samples = asyncio.run(measure_rtts(target, n, mode="http", path="/healthz"))
-            baseline = None
-            if name in links.baseline_targets:
-                direct = asyncio.run(measure_rtts(links.baseline_targets[name], 20,
-                                                  mode="http", path="/healthz"))
-                baseline = float(np.median(direct))
-            report = fidelity_report(samples, spec, name=name, baseline_ms=baseline)
+            # one link at a time: concurrent probes would queue behind each other on a tier
+            report = asyncio.run(probe_link(
+                target, exp.links[name], name=name, n=n, mode="http", path="/healthz",
+                baseline_target=links.baseline_targets.get(name), baseline_n=min(n, 50),
+                control_url=links.control_url))
         except Exception as exc:  # a probe failure must not stop the run; it is recorded
             reports[name] = {"link": name, "error": f"{type(exc).__name__}: {exc}"}
             continue
         reports[name] = report
         if links.control_url:
             with contextlib.suppress(httpx.HTTPError):
-                httpx.put(f"{links.control_url}/v1/links/{name}/fidelity",
+                httpx.put(f"{links.control_url}/v1/links/{name}/fidelity", headers=headers,
                           json=json.loads(json.dumps(report, default=float)), timeout=5)
     return reports
 
@@ -331,7 +337,7 @@ def wait_ready(tier_urls: Mapping[str, str], timeout_s: float) -> None:
             for tier, url in list(pending.items()):
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(f"{url}/readyz").status_code == 200:
-                        log(f"{tier.lower():<6} ready at {url}")
+                        log(f"{tier:<6} ready at {url}")
                         del pending[tier]
             if pending and time.monotonic() > deadline:
                 raise RuntimeError(f"tiers not ready after {timeout_s:.0f} s: {sorted(pending)}")
@@ -352,12 +358,17 @@ def hand_over(path: Path, owner_of: Path) -> None:
 def run(settings: Settings) -> int:
     from prometheus_client import Gauge
 
-    from orchestrator.experiment import config_from_experiment, run_experiment
+    from orchestrator.cli import install_stop_handlers
+    from orchestrator.experiment import load_experiment
     from orchestrator.metrics import OrchestratorMetrics
+    from orchestrator.run import run_experiment
     from orchestrator.stack.manager import wait_for_scrape
-    from orchestrator.stack.schema import load_experiment
 
     exp = load_experiment(settings.experiment)
+    overrides: dict[str, Any] = {"replay.progress": False}
+    if settings.n is not None:
+        overrides["workload.n"] = settings.n
+    exp = exp.with_overrides(overrides, "container settings")
     tier_urls = parse_targets(settings.targets)
     log(f"experiment {exp.name!r} from {settings.experiment}; waiting for tiers")
     wait_ready(tier_urls, settings.ready_timeout_s)
@@ -377,16 +388,9 @@ def run(settings: Settings) -> int:
         log(f"link backend proxy: {reason}")
         links = start_links(settings, exp, tier_urls, "proxy", reason, Path("/tmp/edgebed"))
     stop = threading.Event()
-    finished = False
-
-    def on_signal(signum: int, frame: Any) -> None:
-        # during the run: interrupt it (records so far are kept); afterwards: just leave
-        stop.set()
-        if not finished:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    # during the run SIGTERM/SIGINT stop it with everything recorded (orchestrator.cli); after
+    # it, they just end the wait below
+    install_stop_handlers()
     metrics = OrchestratorMetrics()
     try:
         for name, law in links.laws.items():
@@ -410,12 +414,6 @@ def run(settings: Settings) -> int:
         info.labels(run_name, exp.name, links.backend).set(1)
         metrics.serve(settings.metrics_port, "0.0.0.0")
 
-        cfg = config_from_experiment(exp, {t.upper(): u for t, u in links.targets.items()})
-        updates: dict[str, Any] = {"replay": cfg.replay.model_copy(update={"progress": False}),
-                                   "name": exp.name}
-        if settings.n is not None:
-            updates["workload"] = cfg.workload.model_copy(update={"n": settings.n})
-        cfg = cfg.model_copy(update=updates)
         run_info = {
             "stack": {"kind": "compose", "experiment_file": str(settings.experiment),
                       "tier_urls": tier_urls, "target_urls": links.targets,
@@ -424,8 +422,9 @@ def run(settings: Settings) -> int:
             "links": links.laws,
             "link_fidelity": fidelity,
         }
-        log(f"replaying {cfg.workload.n} requests through {len(cfg.policies)} policies")
-        result = run_experiment(cfg, run_dir, run_info=run_info, metrics=metrics)
+        log(f"replaying {exp.workload.n} requests through {len(exp.policies)} policies")
+        result = run_experiment(exp, run_dir, targets=links.targets, direct_targets=tier_urls,
+                                run_info=run_info, metrics=metrics)
         log(f"run directory {run_dir} ({len(result.records)} records)")
         print(result.summary.to_string(index=False), flush=True)
         if settings.prometheus_url:
@@ -437,7 +436,8 @@ def run(settings: Settings) -> int:
         hand_over(run_dir, settings.runs_dir)
         (run_dir / "DONE").write_text(json.dumps({"run": run_name, "records": len(result.records)}))
         hand_over(run_dir / "DONE", settings.runs_dir)
-        finished = True
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: stop.set())
         log("run finished; serving metrics until stopped")
         if not settings.exit_after_run:
             stop.wait()

@@ -25,8 +25,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from netem.proxy import proxy_subprocess
-from orchestrator.experiment import run_experiment
 from orchestrator.profiles import SIM_LATENCY_MS, SIM_RTT_RANGE_MS
+from orchestrator.run import run_experiment
 
 
 @contextmanager
@@ -95,9 +95,9 @@ def measure_agreement(
 
     out = Path(out_dir)
     lo, hi = SIM_RTT_RANGE_MS["CLOUD"]
-    replay = {"progress": False, "concurrency": 32, "timeout_min_s": 20.0, "realtime": realtime}
+    replay = {"progress": False, "concurrency": 32, "realtime": realtime, "host_lead": "off"}
     workload = {"n": n, "lm_ratio": 0.0}
-    arrival = {"name": "poisson", "params": {"rate_rps": rate_rps}}
+    arrival = {"process": "poisson", "params": {"rate_rps": rate_rps}}
     with ExitStack() as stack:
         cloud = stack.enter_context(start_tier(
             "cloud", device_time="profile",
@@ -105,15 +105,16 @@ def measure_agreement(
         ))  # fmt: skip
         base = run_experiment({
             "workload": {"n": baseline_n, "lm_ratio": 0.0}, "arrival": arrival,
-            "policies": ["always_cloud"], "targets": {"CLOUD": cloud.url}, "replay": replay,
-        }, out / "baseline", plots=False).records  # fmt: skip
+            "policies": ["always_cloud"], "replay": replay,
+        }, out / "baseline", targets={"cloud": cloud.url}, plots=False).records  # fmt: skip
         urls = stack.enter_context(link_proxy({"device-cloud": {
             "src": "device", "dst": "cloud", "rtt_range_ms": [lo, hi],
             "target": f"{cloud.host}:{cloud.port}"}}, seed=seed))  # fmt: skip
         rec = run_experiment({
             "workload": workload, "arrival": arrival, "policies": ["always_cloud"],
-            "targets": {"CLOUD": urls["device-cloud"]}, "replay": replay,
-        }, out / "linked", plots=False, probe=False).records  # fmt: skip
+            "replay": replay,
+        }, out / "linked", targets={"cloud": urls["device-cloud"]}, plots=False,
+            probe=False).records  # fmt: skip
         link = link_counters(urls["control"], "device-cloud")
     count = link.get("edgebed_link_delay_seconds_count", 0.0) or 1.0
     chunks = int(link.get("edgebed_link_chunks_total", 0))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 # Each module exposes ``register(subparsers)`` adding its commands; a command's parser sets
@@ -16,7 +18,7 @@ _COMMAND_MODULES = (
     "orchestrator.commands",
     "orchestrator.stack.cli",
 )
-_OWN_PACKAGES = {"models", "services", "netem", "orchestrator"}
+_OWN_PACKAGES = {"common", "models", "services", "netem", "orchestrator"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def install_stop_handlers() -> None:
+    """Ctrl-C and SIGTERM stop a command cleanly, whatever this process inherited.
+
+    A process started in the background from a non-interactive shell inherits SIGINT *ignored*
+    (POSIX job control), and then neither Python nor asyncio installs its own handler: Ctrl-C
+    (or ``kill -INT``) would do nothing. SIGINT gets Python's default handler (a
+    KeyboardInterrupt, or inside ``asyncio.run`` the cancellation of the run) explicitly, and
+    SIGTERM is turned into a SIGINT, so both leave a complete, labelled run directory and stop
+    whatever the command started. Servers (``edgebed serve``, link proxies) install their own.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -50,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    install_stop_handlers()
     return int(func(args) or 0)
 
 

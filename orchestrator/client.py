@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, fields
+import zlib
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 
@@ -25,15 +26,18 @@ from orchestrator.profiles import split_route
 from orchestrator.workload import Request
 
 OUTCOMES: tuple[str, ...] = (
-    "ok",
-    "timeout",
-    "refused",
-    "overloaded",
-    "http_error",
-    "disconnected",
-    "error",
-    "cancelled",
+    "ok",  # answered (HTTP 200)
+    "abandoned",  # the request budget ran out while waiting: the client gave up on it
+    "not_sent",  # never sent: the budget was spent before this attempt, or the run stopped first
+    "refused",  # connection refused: nothing listens at the target (a dead tier, direct)
+    "disconnected",  # the connection closed before an answer (a tier that died, or a dead tier
+    # behind a link proxy, which accepts the connection before it knows)
+    "overloaded",  # HTTP 503: the tier's queue was full
+    "http_error",  # any other HTTP status
+    "error",  # anything else (a malformed answer, a policy bug)
+    "cancelled",  # in flight when the run was interrupted
 )
+SENT_OUTCOMES = tuple(o for o in OUTCOMES if o != "not_sent")
 
 
 @dataclass
@@ -54,16 +58,22 @@ class Attempt:
     confidence: float = float("nan")
     quality: float = float("nan")
     tokens: int = 0
+    queue_depth: int = -1  # the tier's queue when it answered (its ``load``), -1 unknown
+    in_service: int = -1
+    host_lead_ms: float = 0.0  # the tier's hold ended this early for this host's overhead
     remote_energy_mj: float = 0.0  # energy the tier reports for this request
     tier_simulator_mj: float = float("nan")
     bytes_tx: int = 0
     bytes_rx: int = 0
     error: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.outcome == "ok"
+
+    @property
+    def sent(self) -> bool:
+        return self.outcome != "not_sent"
 
     @property
     def tier(self) -> str:
@@ -82,7 +92,7 @@ class Attempt:
         return out
 
 
-_BRIEF_FIELDS = tuple(f.name for f in fields(Attempt) if f.name != "extra")
+_BRIEF_FIELDS = tuple(f.name for f in fields(Attempt))
 
 
 def make_session(max_connections: int) -> aiohttp.ClientSession:
@@ -105,10 +115,21 @@ def _endpoint_url(base_url: str, kind: str, model: str) -> URL:
     return URL(f"{base}/v1/generate")
 
 
-def build_http_request(route: str, request: Request) -> tuple[str, dict[str, str], bytes]:
+def lm_seed_for(request: Request, route: str) -> int:
+    """The seed of the emulated LM's confidence draw for ``request`` on ``route``: the same for
+    every policy (common random numbers), independent between routes, as the simulator draws
+    a fresh confidence per attempt."""
+    return (request.lm_seed * 1_000_003 + zlib.crc32(route.encode())) % 2**53  # JSON-exact
+
+
+def build_http_request(
+    route: str, request: Request, host_lead_ms: float = 0.0
+) -> tuple[str, dict[str, str], bytes]:
     """``(kind, headers, body)`` of the HTTP request for ``route`` (pure)."""
     _, model = split_route(route)
     headers = {"x-request-id": str(request.id)}
+    if host_lead_ms > 0:
+        headers["x-edgebed-host-lead-ms"] = f"{host_lead_ms:.4f}"
     if request.kind == "cv":
         return request.kind, {**headers, "content-type": "application/octet-stream"}, request.image
     body = {
@@ -117,6 +138,7 @@ def build_http_request(route: str, request: Request) -> tuple[str, dict[str, str
         "max_tokens": request.max_tokens,
         "length": request.length or None,
         "request_id": str(request.id),
+        "seed": lm_seed_for(request, route),
         "stream": False,
     }
     return request.kind, {**headers, "content-type": "application/json"}, json.dumps(body).encode()
@@ -145,8 +167,10 @@ def parse_answer(attempt: Attempt, payload: dict[str, Any]) -> None:
         attempt.confidence = float(payload["confidence"])
     if "quality" in payload and payload["quality"] is not None:
         attempt.quality = float(payload["quality"])
-        if attempt.confidence != attempt.confidence:  # LM: the simulator's mean confidence
-            attempt.confidence = min(0.999, 0.6 + 0.3 * attempt.quality)
+    load = payload.get("load") or {}
+    attempt.queue_depth = int(load.get("queue_depth", -1))
+    attempt.in_service = int(load.get("in_service", -1))
+    attempt.host_lead_ms = float(timing.get("host_lead_ms", 0.0) or 0.0)
     if "tokens" in payload:
         tokens = payload["tokens"]
         attempt.tokens = int(tokens if isinstance(tokens, int | float) else len(tokens))
@@ -160,17 +184,22 @@ async def run_attempt(
     *,
     timeout_s: float,
     t_intended: float,
+    host_lead_ms: float = 0.0,
 ) -> Attempt:
-    """Send one attempt and classify what happened; never raises (except cancellation)."""
+    """Send one attempt and classify what happened; never raises (except cancellation).
+
+    ``timeout_s`` is what is left of the request's budget; when nothing is left the attempt is
+    not sent (outcome ``not_sent``), when it runs out while waiting the client gives up
+    (``abandoned``; what the tier does with the work is its ``on_disconnect`` setting)."""
     attempt = Attempt(route=route)
     t0 = time.perf_counter()
     attempt.start_ms = (t0 - t_intended) * 1e3
     if timeout_s <= 0:
-        attempt.outcome = "timeout"
-        attempt.error = "request budget exhausted before this attempt"
+        attempt.outcome = "not_sent"
+        attempt.error = "request budget spent before this attempt"
         return attempt
     try:
-        kind, headers, body = build_http_request(route, request)
+        kind, headers, body = build_http_request(route, request, host_lead_ms)
         url = _endpoint_url(base_url, kind, split_route(route)[1])
         async with client.post(url, data=body, headers=headers,
                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
@@ -190,16 +219,17 @@ async def run_attempt(
         else:
             attempt.outcome = "http_error"
             attempt.error = content[:200].decode(errors="replace")
-    except TimeoutError as exc:  # aiohttp's ServerTimeoutError and asyncio's timeout
-        attempt.outcome = "timeout"
-        attempt.error = f"{type(exc).__name__} after {timeout_s:.3f} s"
+    except TimeoutError:  # aiohttp's ServerTimeoutError and asyncio's timeout
+        attempt.outcome = "abandoned"
+        attempt.error = f"request budget ran out after {timeout_s:.3f} s of waiting"
     except aiohttp.ClientConnectorError as exc:
         attempt.outcome = "refused"
-        attempt.error = f"{type(exc).__name__}: {exc}"[:200]
+        attempt.error = f"connection refused ({exc.host}:{exc.port}): nothing listens there"
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
             aiohttp.ClientPayloadError) as exc:
         attempt.outcome = "disconnected"
-        attempt.error = f"{type(exc).__name__}: {exc}"[:200]
+        attempt.error = ("connection closed before the answer (the tier, or the tier behind "
+                         f"this link, is down or died): {type(exc).__name__}")
     except (aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
         attempt.outcome = "error"
         attempt.error = f"{type(exc).__name__}: {exc}"[:200]

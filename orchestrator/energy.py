@@ -1,16 +1,22 @@
 """Energy models (registry keyed by config name): what one request cost, in mJ.
 
 All energy figures are EMULATED: the tiers report modelled energy and the device radio is a
-power model, not a measurement.
+power model, not a measurement. Every record carries three figures:
 
-- ``device`` (default): the device's own energy plus what remote tiers report. For each attempt
-  on the MCU tier (the device itself) the MCU's reported compute energy; for each attempt on a
-  remote tier the device radio: transmit ``bytes_tx`` at ``uplink_kbps`` drawing ``tx_power_mw``,
-  receive ``bytes_rx`` at ``downlink_kbps`` drawing ``rx_power_mw``, and wait the rest of the
-  attempt's wall time drawing ``wait_power_mw``; plus the remote tier's reported ``energy_mj``.
+- ``device_energy_mj``: what the device's battery pays, from the experiment's energy model;
+- ``system_energy_mj``: the device plus every tier the request touched (their reported energy);
+- ``sim_energy_mj``: the teaching simulator's formula on the accepted attempt,
+  ``energy_factor(tier) × latency_ms × 0.02`` (network wait included), for comparison.
+
+Models (``energy.model``; a fresh instance per policy pass, so a stateful model such as a
+battery starts every pass full):
+
+- ``device`` (default): attempts on the MCU tier (the device itself) cost the MCU's reported
+  compute energy; attempts on a remote tier cost the device radio: transmit ``bytes_tx`` at
+  ``uplink_kbps`` drawing ``tx_power_mw``, receive ``bytes_rx`` at ``downlink_kbps`` drawing
+  ``rx_power_mw``, and wait the rest of the attempt's wall time drawing ``wait_power_mw``.
   Rejected and failed attempts count too.
-- ``simulator``: the teaching simulator's formula on the accepted attempt only,
-  ``energy_factor(tier) × latency_ms × 0.02`` (network wait included).
+- ``simulator``: the device's energy is the simulator's formula (``sim_energy_mj``).
 """
 
 from __future__ import annotations
@@ -19,18 +25,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.validation import problems
 from orchestrator.client import Attempt
 from orchestrator.profiles import SIM_ENERGY_FACTOR, SIM_ENERGY_MJ_PER_MS
 
 
 @dataclass(frozen=True)
 class EnergyBreakdown:
-    energy_mj: float  # what the selected model charges the request
-    device_energy_mj: float  # device side (MCU compute + radio + waiting)
-    remote_energy_mj: float  # reported by remote tiers
+    device_energy_mj: float  # what the device's battery pays (the experiment's model)
+    remote_energy_mj: float  # reported by the remote tiers the request touched
     sim_energy_mj: float  # simulator formula on the accepted attempt (always computed)
+
+    @property
+    def system_energy_mj(self) -> float:
+        """Device plus every tier."""
+        return self.device_energy_mj + self.remote_energy_mj
 
 
 class EnergyModel(Protocol):
@@ -63,11 +74,11 @@ class RadioModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tx_power_mw: float = Field(default=600.0, ge=0)
-    rx_power_mw: float = Field(default=300.0, ge=0)
-    wait_power_mw: float = Field(default=100.0, ge=0)
-    uplink_kbps: float = Field(default=6000.0, gt=0)
-    downlink_kbps: float = Field(default=6000.0, gt=0)
+    tx_power_mw: float = Field(default=600.0, ge=0, le=1e6, allow_inf_nan=False)
+    rx_power_mw: float = Field(default=300.0, ge=0, le=1e6, allow_inf_nan=False)
+    wait_power_mw: float = Field(default=100.0, ge=0, le=1e6, allow_inf_nan=False)
+    uplink_kbps: float = Field(default=6000.0, gt=0, le=1e9, allow_inf_nan=False)
+    downlink_kbps: float = Field(default=6000.0, gt=0, le=1e9, allow_inf_nan=False)
     local_tier: str = "MCU"  # attempts on this tier run on the device itself: no radio
 
 
@@ -85,6 +96,7 @@ def device_side_mj(attempt: Attempt, radio: RadioModel) -> tuple[float, float]:
 @register_energy_model("device")
 class DeviceEnergy:
     name = "device"
+    params_model = RadioModel
 
     def __init__(self, **params: Any) -> None:
         self.radio = RadioModel(**params)
@@ -95,24 +107,32 @@ class DeviceEnergy:
             d, r = device_side_mj(a, self.radio)
             device += d
             remote += r
-        return EnergyBreakdown(device + remote, device, remote, simulator_energy_mj(accepted))
+        return EnergyBreakdown(device, remote, simulator_energy_mj(accepted))
 
 
 @register_energy_model("simulator")
 class SimulatorEnergy:
     name = "simulator"
+    params_model = RadioModel
 
     def __init__(self, **params: Any) -> None:
         self._device = DeviceEnergy(**params)
 
     def account(self, attempts: Sequence[Attempt], accepted: Attempt | None) -> EnergyBreakdown:
         b = self._device.account(attempts, accepted)
-        return EnergyBreakdown(
-            b.sim_energy_mj, b.device_energy_mj, b.remote_energy_mj, b.sim_energy_mj
-        )
+        return EnergyBreakdown(b.sim_energy_mj, b.remote_energy_mj, b.sim_energy_mj)
 
 
 def make_energy_model(name: str, params: dict[str, Any] | None = None) -> EnergyModel:
+    """A fresh instance of a registered model; bad parameters raise ValueError naming each key
+    (``tx_power_mw: must be >= 0, got -1``) and the allowed keys."""
     if name not in ENERGY_MODELS:
         raise ValueError(f"energy.model must be one of {sorted(ENERGY_MODELS)}, got {name!r}")
-    return ENERGY_MODELS[name](**(params or {}))
+    factory = ENERGY_MODELS[name]
+    try:
+        return factory(**(params or {}))
+    except ValidationError as exc:
+        root = getattr(factory, "params_model", BaseModel)
+        raise ValueError("; ".join(problems(exc, root))) from None
+    except TypeError as exc:
+        raise ValueError(f"parameters of energy model {name!r}: {exc}") from None

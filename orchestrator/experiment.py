@@ -1,38 +1,372 @@
-"""Run an experiment against running tiers and write its run directory (the notebook API).
+"""The experiment: one YAML document (or dict) of tiers, links, workload, arrivals, policies, seeds,
+replay settings and a scenario timeline, validated into one model used everywhere.
 
-``run_experiment(config)`` generates the workload and schedule from the seeds, replays it
-through every policy, serves Prometheus metrics while it runs, and writes ``records.csv``
-(row by row), ``summary.csv``, ``run.json`` and ``plots/``. It returns the records and the
-summary as DataFrames. Ctrl-C stops the run and still writes everything recorded so far.
+``load_experiment(path)`` / ``parse_experiment(doc)`` raise :class:`ExperimentError`, whose lines
+each name the offending key path and the allowed values (``links.a.delay_ms: must be within
+0..60000, got -5``). Cross-references are checked too: a link or a policy naming a tier that is not
+declared, a policy route to a model the tier does not serve, a scenario event naming an unknown
+link or node. Plug-in modules listed under ``plugins:`` are imported first, so the policies,
+arrival processes and energy models they register are known to the checks. Nothing is started
+before a document validates (fail fast). The same names are used in the file and in Python.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import json
-import platform
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from importlib import metadata
+import copy
+import importlib
+import math
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import httpx
-import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from orchestrator.arrivals import make_schedule
-from orchestrator.client import Attempt
-from orchestrator.energy import make_energy_model
-from orchestrator.metrics import OrchestratorMetrics
-from orchestrator.policies import LatencyPredictor, Policy, make_policy
-from orchestrator.profiles import SIM_LATENCY_MS, SIM_RTT_RANGE_MS
-from orchestrator.records import RecordWriter, records_frame
-from orchestrator.replay import PassStats, ReplaySettings, normalise_targets, replay
-from orchestrator.summary import summarize, write_summary
-from orchestrator.workload import EvalSet, Seeds, WorkloadSpec, generate_workload
+from common.validation import problems as format_problems
+from models.paths import models_dir
+from netem.spec import LinkSpec, Topology
+from orchestrator.arrivals import ARRIVALS, make_schedule
+from orchestrator.energy import ENERGY_MODELS, make_energy_model
+from orchestrator.policies import POLICIES, make_policy
+from orchestrator.profiles import SIM_LM_EXTRA_MS, split_route
+from orchestrator.workload import Seeds, WorkloadSpec
+from services.tier.config import (
+    TierConfig,
+    TierConfigError,
+    builtin_config_path,
+    deep_merge,
+    read_yaml,
+)
+
+TIER_NAMES: tuple[str, ...] = ("mcu", "edge", "cloud")
+DEVICE = "device"  # the request source: the orchestrator itself, until device groups exist
+MAX_SCENARIO_S = 7 * 24 * 3600.0
+
+
+class ExperimentError(ValueError):
+    """An experiment that does not validate; ``problems`` holds one line per bad key."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"invalid experiment {source}:\n  " + "\n  ".join(problems))
+
+
+def merge_tier_section(name: str, section: Any) -> Any:
+    """The tier's built-in config (``services/<name>/tier.yaml``) with the section layered on
+    top (a ``null`` value removes a key, e.g. ``models: {int8: null}``)."""
+    if not isinstance(section, dict):
+        return section  # let pydantic report the type error
+    path = builtin_config_path(name)
+    base = read_yaml(path) if path.is_file() else {}
+    merged = deep_merge(base, section)
+    merged["tier"] = name
+    return merged
+
+
+# ------------------------------------------------------------------------- named registries
+class ArrivalSpec(BaseModel):
+    """Arrival process by registry name (``orchestrator.arrivals``) and its parameters;
+    ``arrival: poisson`` is short for ``{process: poisson}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    process: str = "serial"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"process": v} if isinstance(v, str) else v
+
+    @field_validator("process")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ARRIVALS:
+            raise ValueError(f"must be one of {sorted(ARRIVALS)}, got {v!r}")
+        return v
+
+
+class PolicyRef(BaseModel):
+    """A policy by registry name, with its parameters (thresholds, margins); a bare name is
+    short for ``{name: NAME}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        names = sorted(POLICIES)
+        if v not in names:
+            raise ValueError(f"unknown policy, known policies: {', '.join(names)}; got {v!r}")
+        return v
+
+
+class EnergySpec(BaseModel):
+    """Device energy model by registry name (``orchestrator.energy``) and its parameters;
+    ``energy: device`` is short for ``{model: device}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = "device"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"model": v} if isinstance(v, str) else v
+
+    @field_validator("model")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ENERGY_MODELS:
+            raise ValueError(f"must be one of {sorted(ENERGY_MODELS)}, got {v!r}")
+        return v
+
+
+class PredictorSpec(BaseModel):
+    """The latency predictor latency-aware policies decide with (profile + link RTT)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ewma_alpha: float = Field(
+        default=0.2, ge=0, le=1, allow_inf_nan=False,
+        description="weight of each observed latency in the per-route EWMA (0 = never learn)")
+
+
+class ReplaySettings(BaseModel):
+    """How requests are sent: concurrency window, request budget, host-overhead compensation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concurrency: int = Field(default=32, ge=1, le=10_000, description="most requests in flight at once")
+    request_budget_s: float = Field(
+        default=300.0, gt=0, le=86_400, allow_inf_nan=False,
+        description="the longest one request may take from its intended send, every attempt "
+        "included; then the client gives up (outcome 'abandoned', or 'not_sent' for attempts it "
+        "never started). 300 s is longer than any request of the shipped tiers takes unqueued "
+        "(the MCU's SLM: 12 s), so nothing the teaching simulator completes is abandoned")
+    budget_deadline_factor: float | None = Field(
+        default=None, gt=0, le=1000, allow_inf_nan=False,
+        description="when set, a request's budget is this many times its deadline instead "
+        "(at least budget_min_s, at most request_budget_s)")
+    budget_min_s: float = Field(default=1.0, gt=0, le=3600, allow_inf_nan=False)
+    host_lead: Literal["auto", "off"] | float = Field(
+        default="auto",
+        description="compensation of this host's own HTTP overhead (client, loopback, server "
+        "framing, process wake-ups), which the simulator does not have: profile-mode tiers end "
+        "their device holds this many ms early (x-edgebed-host-lead-ms). auto: measured per "
+        "tier on the direct path before each pass when the run knows it (local and compose "
+        "stacks); off: none; a number: that many ms for every tier")
+    start_lead_s: float = Field(default=0.05, ge=0, le=60, allow_inf_nan=False,
+                                description="first intended send this long after the start")
+    spin_s: float = Field(default=0.002, ge=0, le=0.05, allow_inf_nan=False,
+                          description="yield-spin this close to a send time")
+    progress: bool = Field(default=True, description="progress bar per pass")
+    realtime: bool = Field(default=False, description="run the replay loop under SCHED_FIFO (root)")
+
+    @field_validator("host_lead")
+    @classmethod
+    def _lead(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"must be 'auto', 'off' or a number of ms within 0..10, got {v!r}")
+        if isinstance(v, int | float) and not (math.isfinite(v) and 0 <= v <= 10):
+            raise ValueError(f"must be 'auto', 'off' or a number of ms within 0..10, got {v!r}")
+        return v
+
+    def request_budget(self, deadline_ms: float) -> float:
+        """Seconds a request with ``deadline_ms`` may take, all attempts included."""
+        if self.budget_deadline_factor is None:
+            return self.request_budget_s
+        by_deadline = deadline_ms / 1e3 * self.budget_deadline_factor
+        return min(self.request_budget_s, max(self.budget_min_s, by_deadline))
+
+
+# ------------------------------------------------------------------------------- scenario
+SCENARIO_ACTIONS: tuple[str, ...] = (
+    "link", "link_down", "link_up", "kill", "pause", "resume", "restart", "arrival_rate",
+)
+NODE_ACTIONS = ("kill", "pause", "resume", "restart")
+LINK_ACTIONS = ("link", "link_down", "link_up")
+
+
+class ScenarioEvent(BaseModel):
+    """One timed action of the scenario timeline (``at_s`` from the start of each policy pass).
+
+    ``link`` changes a link (``set`` holds the changes, as ``edgebed link set``), ``link_down``
+    cuts it (a partition: nothing crosses until ``link_up``), ``kill`` (SIGKILL), ``pause``
+    (SIGSTOP), ``resume`` (SIGCONT) and ``restart`` act on a node's process, ``arrival_rate``
+    multiplies the arrival rate from then on by ``rate_factor``. ``phase`` names the period the
+    event starts (recorded on every request sent in it).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    at_s: float = Field(ge=0, le=MAX_SCENARIO_S, allow_inf_nan=False)
+    action: Literal["link", "link_down", "link_up", "kill", "pause", "resume", "restart",
+                    "arrival_rate"]
+    link: str | None = None
+    node: str | None = None
+    set: dict[str, Any] | None = None
+    rate_factor: float | None = Field(default=None, gt=0, le=1000, allow_inf_nan=False)
+    phase: str | None = Field(default=None, min_length=1, max_length=40)
+
+    @model_validator(mode="after")
+    def _fields_for_action(self) -> ScenarioEvent:
+        need = {"link": ("link", "set"), "link_down": ("link",), "link_up": ("link",),
+                "arrival_rate": ("rate_factor",)}.get(self.action, ("node",))
+        for key in need:
+            if getattr(self, key) is None:
+                raise ValueError(f"action {self.action} needs key {key!r}")
+        allowed = {"at_s", "action", "phase", *need}
+        extra = [k for k in ("link", "node", "set", "rate_factor")
+                 if getattr(self, k) is not None and k not in allowed]
+        if extra:
+            raise ValueError(f"action {self.action} takes no {', '.join(extra)} (it uses "
+                             f"{', '.join(need)})")
+        return self
+
+    @property
+    def target(self) -> str:
+        return self.link or self.node or ""
+
+
+# ------------------------------------------------------------------------------ experiment
+def _default_tiers() -> dict[str, Any]:
+    return {name: {} for name in TIER_NAMES}
+
+
+class Experiment(BaseModel):
+    """A whole experiment."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(default="experiment", min_length=1, max_length=80, pattern=r"^[A-Za-z0-9._-]+$")
+    description: str = ""
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Python modules imported before validation (they register policies, "
+        "arrival processes or energy models)")
+    seeds: Seeds = Field(default_factory=Seeds)
+    tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers,  # type: ignore[arg-type]
+                                         validate_default=True)
+    links: dict[str, LinkSpec] = Field(default_factory=dict)
+    link_backend: Literal["auto", "tc", "proxy", "none"] = "proxy"
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    arrival: ArrivalSpec = Field(default_factory=ArrivalSpec)
+    policies: list[PolicyRef] = Field(
+        default_factory=lambda: [PolicyRef(name=p) for p in DEFAULT_POLICIES], min_length=1)
+    energy: EnergySpec = Field(default_factory=EnergySpec)
+    predictor: PredictorSpec = Field(default_factory=lambda: PredictorSpec())
+    replay: ReplaySettings = Field(default_factory=lambda: ReplaySettings())
+    scenario: list[ScenarioEvent] = Field(default_factory=list, max_length=1000)
+
+    # the document as written (``null`` removals kept), for overrides and tier processes
+    _doc: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _source: str = PrivateAttr("<experiment>")
+    _base_dir: Path | None = PrivateAttr(None)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return v
+        return Seeds.from_base(v) if isinstance(v, int) else v
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _merge_tier_sections(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        bad = [k for k in v if k not in TIER_NAMES]
+        if bad:
+            raise ValueError(f"tier names must be among {list(TIER_NAMES)}, got {bad}")
+        if not v:
+            raise ValueError("at least one tier is required")
+        return {name: merge_tier_section(name, sec or {}) for name, sec in v.items()}
+
+    def tier_section(self, name: str) -> dict[str, Any]:
+        """The ``tiers.<name>`` section as written (layered over the built-in by the tier)."""
+        tiers = self._doc.get("tiers")
+        if not isinstance(tiers, dict):
+            return {}
+        return copy.deepcopy(dict(tiers.get(name) or {}))
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def device_latency_ms(self) -> dict[str, dict[str, float]]:
+        """Configured device latency per tier and model, keyed like routes (``"MCU"``).
+
+        Vision models: their ``latency_ms``. LM models: the base latency the simulator's table
+        would give (``ttft + (short_tokens - 1) × tpot`` minus the simulator's short-request
+        extra), so adding the per-length extra reproduces the tier's configured totals.
+        """
+        out: dict[str, dict[str, float]] = {}
+        for name, tier in self.tiers.items():
+            row: dict[str, float] = {}
+            for model, m in tier.models.items():
+                if m.latency_ms is not None:
+                    row[model] = float(m.latency_ms)
+            for model, lm in tier.lm.items():
+                if lm.ttft_ms is None or lm.tpot_ms is None:
+                    continue
+                extra = SIM_LM_EXTRA_MS.get(name.upper(), {}).get("short", 0.0)
+                row[model] = float(lm.ttft_ms + (lm.short_tokens - 1) * lm.tpot_ms - extra)
+            out[name.upper()] = row
+        return out
+
+    def rtt_mean_ms(self) -> dict[str, float]:
+        """Configured mean round trip from the device to each tier (0 without a link)."""
+        out = {name.upper(): 0.0 for name in self.tiers}
+        for link in self.links.values():
+            if link.src == DEVICE and link.dst in self.tiers:
+                out[link.dst.upper()] = float(link.rtt_mean_ms())
+        return out
+
+    def topology(self) -> Topology:
+        """The links as a ``netem`` topology, drawing with the experiment's link seed."""
+        return Topology(links=dict(self.links), seed=self.seeds.links)
+
+    def policy_labels(self) -> list[str]:
+        """Record label per policy: its name, or name[params] when a name appears twice."""
+        names = [p.name for p in self.policies]
+        out = []
+        for p in self.policies:
+            if names.count(p.name) > 1:
+                out.append(f"{p.name}[{','.join(f'{k}={v}' for k, v in sorted(p.params.items()))}]")
+            else:
+                out.append(p.name)
+        return out
+
+    def with_overrides(self, overrides: Mapping[str, Any], note: str = "overrides") -> Experiment:
+        """A re-validated copy with dotted keys replaced (``{"workload.n": 200}``); a bad value
+        raises :class:`ExperimentError` naming the key, as in a file."""
+        doc = copy.deepcopy(self._doc)
+        for dotted, value in overrides.items():
+            node = doc
+            keys = dotted.split(".")
+            for key in keys[:-1]:
+                child = node.get(key)
+                if not isinstance(child, dict):
+                    child = {}
+                    node[key] = child
+                node = child
+            node[keys[-1]] = value
+        return parse_experiment(doc, f"{self._source} ({note})", base_dir=self._base_dir)
+
 
 DEFAULT_POLICIES: tuple[str, ...] = (
     "always_local",
@@ -42,274 +376,228 @@ DEFAULT_POLICIES: tuple[str, ...] = (
     "latency_aware",
     "hybrid",
 )
-DEFAULT_TARGETS: dict[str, str] = {
-    "MCU": "http://127.0.0.1:8101",
-    "EDGE": "http://127.0.0.1:8102",
-    "CLOUD": "http://127.0.0.1:8103",
-}
 
 
-class NamedSpec(BaseModel):
-    """A registry entry by name with parameters (policy, arrival process, energy model)."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class RunConfig(BaseModel):
-    """Everything a run needs besides running tiers: workload, schedule, policies, targets."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = "run"
-    seeds: Seeds = Field(default_factory=lambda: Seeds())
-    workload: WorkloadSpec = Field(default_factory=lambda: WorkloadSpec())
-    arrival: NamedSpec = Field(default_factory=lambda: NamedSpec(name="serial"))
-    policies: list[NamedSpec] = Field(
-        default_factory=lambda: [NamedSpec(name=p) for p in DEFAULT_POLICIES], min_length=1
-    )
-    energy: NamedSpec = Field(default_factory=lambda: NamedSpec(name="device"))
-    targets: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_TARGETS))
-    # what latency-aware policies predict with: device latency per tier/model and mean RTT
-    device_latency_ms: dict[str, dict[str, float]] = Field(
-        default_factory=lambda: {t: dict(m) for t, m in SIM_LATENCY_MS.items()}
-    )
-    rtt_ms: dict[str, float] = Field(
-        default_factory=lambda: {t: (lo + hi) / 2 for t, (lo, hi) in SIM_RTT_RANGE_MS.items()}
-    )
-    ewma_alpha: float = Field(default=0.2, ge=0, le=1)
-    replay: ReplaySettings = Field(default_factory=lambda: ReplaySettings())
-    metrics_port: int | None = Field(
-        default=None, ge=0, le=65535
-    )  # None: no server; 0: any free port
-    metrics_addr: str = "127.0.0.1"
-
-    @field_validator("seeds", mode="before")
-    @classmethod
-    def _seed_shorthand(cls, v: Any) -> Any:
-        return Seeds.from_base(v) if isinstance(v, int) else v
-
-    @field_validator("policies", mode="before")
-    @classmethod
-    def _policy_shorthand(cls, v: Any) -> Any:
-        return [{"name": p} if isinstance(p, str) else p for p in v]
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: dict[str, str]) -> dict[str, str]:
-        return normalise_targets(v)
-
-
-def config_from_experiment(exp: Any, targets: dict[str, str] | None = None) -> RunConfig:
-    """Turn a validated experiment file (``orchestrator.stack.schema.Experiment``) into a RunConfig.
-
-    Predictions use the tiers' configured device latencies (the simulator's table where a tier
-    leaves one unset) and the configured mean RTT of each ``device`` link
-    (``Experiment.device_latency_ms()`` / ``rtt_mean_ms()``).
-    """
-    device = {t: dict(m) for t, m in SIM_LATENCY_MS.items()}
-    for tier, row in exp.device_latency_ms().items():
-        device.setdefault(tier, {}).update(row)
-    rtt = {t: 0.0 for t in SIM_LATENCY_MS}
-    rtt.update(exp.rtt_mean_ms())
-    return RunConfig(
-        name=exp.name,
-        seeds=exp.seeds,
-        workload=exp.workload,
-        arrival=NamedSpec(name=exp.arrival.process, params=dict(exp.arrival.params)),
-        policies=[NamedSpec(name=p.name, params=dict(p.params)) for p in exp.policies],
-        energy=NamedSpec(name=exp.energy.model, params=dict(exp.energy.params)),
-        targets=targets or dict(DEFAULT_TARGETS),
-        device_latency_ms=device,
-        rtt_ms=rtt,
-    )
-
-
-def policy_labels(specs: Sequence[NamedSpec]) -> list[str]:
-    """Record label per policy: its name, or name[params] when a name appears twice."""
-    names = [s.name for s in specs]
-    out = []
-    for s in specs:
-        if names.count(s.name) > 1:
-            params = ",".join(f"{k}={v}" for k, v in sorted(s.params.items()))
-            out.append(f"{s.name}[{params}]")
-        else:
-            out.append(s.name)
-    if len(set(out)) != len(out):
-        raise ValueError(f"policies: the same policy with the same params is listed twice: {out}")
-    return out
-
-
-@dataclass
-class RunResult:
-    records: pd.DataFrame
-    summary: pd.DataFrame
-    run_dir: Path
-    passes: list[PassStats]
-    interrupted: bool = False
-    metrics_port: int | None = None
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("edgebed", "numpy", "aiohttp", "pandas", "ai-edge-litert", "prometheus-client"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def probe_tiers(targets: dict[str, str], timeout_s: float = 2.0) -> dict[str, Any]:
-    """What each target says about itself (``/readyz`` and ``/v1/models``), for run.json."""
-    info: dict[str, Any] = {}
-    with httpx.Client(timeout=timeout_s, trust_env=False) as client:
-        for tier, url in targets.items():
-            entry: dict[str, Any] = {"url": url}
-            try:
-                entry["ready"] = client.get(f"{url}/readyz").status_code == 200
-                models = client.get(f"{url}/v1/models")
-                if models.status_code == 200:
-                    entry["models"] = models.json()
-            except httpx.HTTPError as exc:
-                entry["ready"] = False
-                entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
-            info[tier] = entry
-    return info
-
-
-def default_run_dir(name: str, root: str | Path = "runs") -> Path:
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return Path(root) / f"{stamp}-{name}"
-
-
-def write_run_dir(
-    run_dir: str | Path,
-    records: pd.DataFrame,
-    summary: pd.DataFrame,
-    run_info: dict[str, Any],
-    *,
-    plots: bool = True,
-) -> Path:
-    """Write summary.csv, run.json and plots/ (records.csv is written during the run)."""
-    d = Path(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    write_summary(summary, d / "summary.csv")
-    (d / "run.json").write_text(json.dumps(run_info, indent=2, default=str) + "\n")
-    if plots and len(records):
-        from orchestrator.plots import plot_run  # lazy: matplotlib is slow to import
-
-        plot_run(records, summary, d / "plots")
-    return d
-
-
-def run_experiment(
-    config: RunConfig | dict[str, Any],
-    out_dir: str | Path | None = None,
-    *,
-    run_info: dict[str, Any] | None = None,
-    eval_set: EvalSet | None = None,
-    plots: bool = True,
-    metrics: OrchestratorMetrics | None = None,
-    probe: bool = True,
-) -> RunResult:
-    """Replay the configured workload through each policy; write and return the results.
-
-    ``run_info`` is merged into run.json (the stack adds the link backend in force and the
-    measured link fidelity there). ``metrics`` lets a caller pass its own registry/server.
-    ``probe=False`` skips asking each target for ``/readyz`` and ``/v1/models`` before the run
-    (then only the workload's requests reach the targets).
-    """
-    cfg = config if isinstance(config, RunConfig) else RunConfig.model_validate(config)
-    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(cfg.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    labels = policy_labels(cfg.policies)
-    policies: list[tuple[str, Policy]] = [
-        (label, make_policy(s.name, s.params))
-        for label, s in zip(labels, cfg.policies, strict=True)
-    ]
-    energy_model = make_energy_model(cfg.energy.name, cfg.energy.params)
-    requests = generate_workload(cfg.workload, cfg.seeds, eval_set)
-    schedule = make_schedule(
-        cfg.arrival.name, len(requests), cfg.seeds.arrivals, cfg.arrival.params
-    )
-
-    own_metrics = metrics is None
-    m = metrics if metrics is not None else OrchestratorMetrics()
-    for label, policy in policies:
-        m.init_labels(label, policy.routes())
-    port = None
-    if own_metrics and cfg.metrics_port is not None:
-        port = m.serve(cfg.metrics_port, cfg.metrics_addr)
-
-    started = dt.datetime.now(dt.UTC)
-    info: dict[str, Any] = {
-        "name": cfg.name,
-        "started_utc": started.isoformat(),
-        "config": cfg.model_dump(mode="json"),
-        "seeds": cfg.seeds.model_dump(),
-        "n_requests": len(requests),
-        "policies": labels,
-        "versions": _versions(),
-        "tiers": probe_tiers(cfg.targets) if probe else "not probed",
-        "metrics_port": port,
-        "emulated": {
-            "device_time": "tiers in profile mode hold requests for a modelled device latency",
-            "energy": f"energy model {cfg.energy.name!r}: modelled, not measured",
-            "lm": "SLM/LLM endpoints are stubs; LM correctness is drawn from their quality",
-        },
-        **(run_info or {}),
-    }
-    writer = RecordWriter(run_dir / "records.csv")
-
-    def sink(row: dict[str, Any], attempts: Sequence[Attempt]) -> None:
-        writer.write(row)
-        m.observe_record(row, attempts)
-
-    passes: list[PassStats] = []
-    interrupted = False
-    t0 = time.perf_counter()
-    try:
-        passes = asyncio.run(
-            replay(
-                requests,
-                schedule,
-                policies,
-                targets=cfg.targets,
-                energy_model=energy_model,
-                settings=cfg.replay,
-                predictor_factory=lambda: LatencyPredictor(
-                    device_ms=cfg.device_latency_ms, rtt_ms=cfg.rtt_ms, ewma_alpha=cfg.ewma_alpha
-                ),
-                sinks=[sink],
+# --------------------------------------------------------------------------- cross-checks
+def _check_links(exp: Experiment) -> list[str]:
+    problems: list[str] = []
+    declared = sorted(exp.tiers)
+    for lname, link in exp.links.items():
+        for end in ("src", "dst"):
+            name = getattr(link, end)
+            if name != DEVICE and name not in exp.tiers:
+                problems.append(
+                    f"links.{lname}.{end}: {name!r} is neither {DEVICE!r} nor a tier declared "
+                    f"under tiers (declared: {', '.join(declared)})"
+                )
+        if link.src == link.dst:
+            problems.append(f"links.{lname}: src and dst must differ, both are {link.src!r}")
+        elif link.src != DEVICE and link.src in exp.tiers and link.dst in exp.tiers:
+            # tiers do not forward requests (yet): no request could ever cross such a link
+            problems.append(
+                f"links.{lname}: a link between two tiers ({link.src} → {link.dst}) is never "
+                f"crossed: requests go from {DEVICE!r} to one tier; use src: {DEVICE}"
             )
-        )
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        writer.close()
-        if own_metrics:
-            m.stop()
-    records = records_frame(writer.rows)
-    summary = summarize(records)
-    info.update(
-        {
-            "finished_utc": dt.datetime.now(dt.UTC).isoformat(),
-            "duration_s": time.perf_counter() - t0,
-            "interrupted": interrupted,
-            "n_records": len(records),
-            "passes": [
-                {
-                    "policy": p.policy,
-                    "n_planned": p.n_planned,
-                    "n_recorded": p.n_recorded,
-                    "duration_s": p.duration_s,
-                    **p.lag_summary(),
-                }
-                for p in passes
-            ],
-        }
-    )
-    write_run_dir(run_dir, records, summary, info, plots=plots)
-    return RunResult(records, summary, run_dir, passes, interrupted, port)
+        elif link.dst == DEVICE:
+            problems.append(
+                f"links.{lname}: dst must be a tier and src {DEVICE!r} (up is the request "
+                f"direction, down the reply), got {link.src} → {link.dst}"
+            )
+    pairs: dict[tuple[str, str], str] = {}
+    for lname, link in exp.links.items():
+        pair = (link.src, link.dst)
+        if pair in pairs:
+            problems.append(
+                f"links.{lname}: duplicates links.{pairs[pair]} ({pair[0]} → {pair[1]})"
+            )
+        pairs[pair] = lname
+    return problems
+
+
+def _check_policies(exp: Experiment) -> list[str]:
+    problems: list[str] = []
+    declared = sorted(exp.tiers)
+    labels = exp.policy_labels()
+    if len(set(labels)) != len(labels):
+        problems.append(f"policies: the same policy with the same params is listed twice: {labels}")
+    for i, pol in enumerate(exp.policies):
+        try:
+            policy = make_policy(pol.name, pol.params)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"policies[{i}].params ({pol.name}): {exc}")
+            continue
+        routes = policy.routes()
+        if hasattr(policy, "cv_routes") and hasattr(policy, "lm_routes"):
+            # only the kinds of request the workload generates need their routes served
+            routes = [
+                *(policy.cv_routes if exp.workload.lm_ratio < 1 else []),
+                *(policy.lm_routes if exp.workload.lm_ratio > 0 else []),
+            ]
+        for route in routes:
+            tier_key, model = split_route(route)
+            tier = tier_key.lower()
+            if tier not in exp.tiers:
+                problems.append(
+                    f"policies[{i}] ({pol.name}): route {route} needs tier {tier!r}, which is not "
+                    f"declared under tiers (declared: {', '.join(declared)})"
+                )
+            elif model not in exp.tiers[tier].served_models:
+                served = ", ".join(exp.tiers[tier].served_models)
+                problems.append(
+                    f"policies[{i}] ({pol.name}): route {route} needs model {model!r}, which "
+                    f"tier {tier} does not serve (tiers.{tier}.models/lm: {served})"
+                )
+    return problems
+
+
+def _check_scenario(exp: Experiment) -> list[str]:
+    from netem.control import ChangeError, merge_spec
+
+    problems: list[str] = []
+    for i, ev in enumerate(exp.scenario):
+        key = f"scenario[{i}]"
+        if ev.action in LINK_ACTIONS:
+            if ev.link not in exp.links:
+                problems.append(f"{key}.link: unknown link {ev.link!r}; links: "
+                                f"{', '.join(sorted(exp.links)) or '(none declared)'}")
+            elif ev.set is not None:
+                try:
+                    merge_spec(exp.links[ev.link], ev.set)
+                except ValidationError as exc:
+                    problems.extend(format_problems(exc, LinkSpec, (key, "set")))
+                except ChangeError as exc:
+                    problems.append(f"{key}.set.{exc.field}: {exc}")
+                except (ValueError, TypeError) as exc:
+                    problems.append(f"{key}.set: {exc}")
+        elif ev.action in NODE_ACTIONS and ev.node not in exp.tiers:
+            problems.append(f"{key}.node: unknown node {ev.node!r}; nodes: "
+                            f"{', '.join(sorted(exp.tiers))}")
+        elif ev.action == "arrival_rate" and exp.arrival.process == "serial":
+            problems.append(f"{key}: arrival_rate needs an open-loop arrival process (arrival "
+                            "is serial: the next request leaves when the previous one finished)")
+    return problems
+
+
+def _cross_check(exp: Experiment) -> list[str]:
+    """References between sections; parameters of registry entries, tried for real."""
+    problems: list[str] = []
+    for name, tier_cfg in exp.tiers.items():
+        try:
+            tier_cfg.check_memory(models_dir())
+        except TierConfigError as exc:
+            problems.append(f"tiers.{name}.{exc}")
+    problems += _check_links(exp)
+    problems += _check_policies(exp)
+    try:
+        make_energy_model(exp.energy.model, exp.energy.params)
+    except ValidationError as exc:
+        problems.extend(format_problems(exc, BaseModel, ("energy", "params")))
+    except (TypeError, ValueError) as exc:
+        problems.append(f"energy.params: {exc}")
+    try:
+        n = min(exp.workload.n, 50)
+        make_schedule(exp.arrival.process, n, exp.seeds.arrivals, exp.arrival.params)
+    except (ValueError, OSError) as exc:
+        problems.append(f"arrival.params: {exc}")
+    problems += _check_scenario(exp)
+    return problems
+
+
+def import_plugins(modules: Any, key: str = "plugins", base_dir: Path | None = None) -> list[str]:
+    """Import each plug-in module (registering its policies, arrivals, energy models), looked
+    up on ``sys.path`` and then in ``base_dir`` (the experiment file's directory); returns one
+    problem line per module that cannot be imported."""
+    if modules is None:
+        return []
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        return [f"{key}: must be a list of Python module names, got {modules!r}"]
+    problems = []
+    for i, name in enumerate(modules):
+        if name in sys.modules:
+            continue
+        added = base_dir is not None and str(base_dir) not in sys.path
+        if added:
+            sys.path.append(str(base_dir))
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # any failure of user code is a config problem, named
+            problems.append(f"{key}[{i}]: cannot import {name!r}: {type(exc).__name__}: {exc}")
+        finally:
+            if added:
+                sys.path.remove(str(base_dir))
+    return problems
+
+
+def parse_experiment(
+    data: Any, source: str = "<experiment>", base_dir: Path | None = None
+) -> Experiment:
+    """Validate an already-parsed document; raise :class:`ExperimentError` naming each bad key.
+
+    Relative file names inside the document (a trace) are taken relative to ``base_dir``.
+    """
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ExperimentError(source, [f"(top level): must be a mapping, got {kind}"])
+    problems = import_plugins(data.get("plugins"), base_dir=base_dir)
+    if problems:
+        raise ExperimentError(source, problems)
+    doc = copy.deepcopy(data)
+    arrival = doc.get("arrival")
+    if base_dir is not None and isinstance(arrival, dict) and isinstance(arrival.get("params"),
+                                                                             dict):
+        path = arrival["params"].get("path")
+        if isinstance(path, str) and path and not Path(path).is_absolute():
+            arrival["params"]["path"] = str((base_dir / path).resolve())
+    try:
+        exp = Experiment.model_validate(doc)
+    except ValidationError as exc:
+        raise ExperimentError(source, _merge_directions(format_problems(exc, Experiment))) from None
+    exp._doc = doc
+    exp._source = source
+    exp._base_dir = base_dir
+    problems = _cross_check(exp)
+    if problems:
+        raise ExperimentError(source, problems)
+    return exp
+
+
+def _merge_directions(problems: list[str]) -> list[str]:
+    """A link shorthand key (``delay_ms: -5``) fails in both directions: report it once."""
+    out: list[str] = []
+    for line in problems:
+        if ".down." in line and line.replace(".down.", ".up.", 1) in out:
+            i = out.index(line.replace(".down.", ".up.", 1))
+            out[i] = line.replace(".down.", ".", 1)
+            continue
+        out.append(line)
+    return out
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment YAML file."""
+    p = Path(path)
+    if not p.exists():
+        raise ExperimentError(str(p), ["file not found"])
+    if not p.is_file():
+        raise ExperimentError(str(p), ["not a file (a directory?): give an experiment YAML file"])
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExperimentError(str(p), [f"not UTF-8 text (byte {exc.start}): an experiment "
+                                       "file is YAML"]) from None
+    except OSError as exc:
+        raise ExperimentError(str(p), [f"cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ExperimentError(str(p), [f"not valid YAML: {exc}"]) from None
+    return parse_experiment(data, str(p), base_dir=p.parent)
+
+
+def as_experiment(config: Experiment | Mapping[str, Any] | str | Path) -> Experiment:
+    """An :class:`Experiment` from a model, a dict (validated) or a file path."""
+    if isinstance(config, Experiment):
+        return config
+    if isinstance(config, str | Path):
+        return load_experiment(config)
+    return parse_experiment(dict(config), "<dict>")

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from orchestrator.client import OUTCOMES
 
@@ -80,14 +80,16 @@ class OrchestratorMetrics:
         )
         self.energy = Counter(
             "edgebed_orchestrator_energy_joules",
-            "Emulated energy charged to requests",
-            ["policy"],
+            "Emulated energy of requests: scope=device (the device's battery) or system (the "
+            "device plus every tier)",
+            ["policy", "scope"],
             registry=r,
         )
-        self.in_flight = Gauge(
-            "edgebed_orchestrator_in_flight_requests",
-            "Requests in flight",
-            ["policy"],
+        self.events = Counter(
+            "edgebed_orchestrator_scenario_events",
+            "Scenario timeline events applied (link changes, node kills/pauses/restarts, rate "
+            "steps), by action, target and whether it worked",
+            ["policy", "action", "target", "result"],
             registry=r,
         )
         self._server: Any = None
@@ -103,8 +105,8 @@ class OrchestratorMetrics:
         self.send_lag.labels(policy)
         self.deadline_met.labels(policy)
         self.correct.labels(policy)
-        self.energy.labels(policy)
-        self.in_flight.labels(policy)
+        for scope in ("device", "system"):
+            self.energy.labels(policy, scope)
 
     def observe_record(self, row: dict[str, Any], attempts: Iterable[Any]) -> None:
         policy = row["policy"]
@@ -118,7 +120,11 @@ class OrchestratorMetrics:
             self.deadline_met.labels(policy).inc()
         if row["correct"]:
             self.correct.labels(policy).inc()
-        self.energy.labels(policy).inc(max(0.0, row["energy_mj"]) / 1e3)
+        self.energy.labels(policy, "device").inc(max(0.0, row["device_energy_mj"]) / 1e3)
+        self.energy.labels(policy, "system").inc(max(0.0, row["system_energy_mj"]) / 1e3)
+
+    def observe_event(self, policy: str, action: str, target: str, ok: bool) -> None:
+        self.events.labels(policy, action, target, "ok" if ok else "failed").inc()
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
         """Serve /metrics on ``addr:port`` (0 = any free port); returns the bound port."""

@@ -44,8 +44,8 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "device_ms",
     "queue_ms",
     "send_lag_ms",
-    "energy_mj",
     "device_energy_mj",
+    "system_energy_mj",
     "remote_energy_mj",
     "sim_energy_mj",
     "deadline_ms",
@@ -53,6 +53,7 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "schedule_s",
     "intended_send_s",
     "actual_send_s",
+    "phase",
     "image_index",
     "tokens",
     "error",
@@ -73,12 +74,26 @@ def make_record(
     actual_send_s: float,
     schedule_s: float = math.nan,
     outcome: str | None = None,
+    phase: str = "",
 ) -> dict[str, Any]:
-    """One row of records.csv."""
+    """One row of records.csv.
+
+    ``route`` is the route that answered, else the last route actually sent (an attempt the
+    budget never allowed is listed in ``attempts_json`` as ``not_sent`` but is no route)."""
     answered = accepted is not None and accepted.ok and outcome in (None, "ok")
-    final = accepted if accepted is not None else (attempts[-1] if attempts else None)
+    sent = [a for a in attempts if a.sent]
+    final = accepted if answered else (sent[-1] if sent else None)
+    if outcome is None and final is None and attempts:
+        outcome = attempts[-1].outcome  # nothing was sent: the budget ran out first
     if outcome is None:
-        outcome = "ok" if answered else (final.outcome if final is not None else "error")
+        if answered:
+            outcome = "ok"
+        elif final is None:
+            outcome = "error"
+        elif final.ok:  # answered but not accepted, and the budget allowed no further route
+            outcome = "abandoned"
+        else:
+            outcome = final.outcome
     latency_ms = elapsed_ms if answered else math.nan
     quality = accepted.quality if answered and accepted is not None else math.nan
     if not answered:
@@ -94,8 +109,8 @@ def make_record(
         "difficulty": request.difficulty,
         "length": request.length,
         "route": final.route if final is not None else "",
-        "attempts": ">".join(a.route for a in attempts),
-        "n_attempts": len(attempts),
+        "attempts": ">".join(a.route for a in sent),
+        "n_attempts": len(sent),
         "outcome": outcome,
         "correct": bool(correct),
         "prediction": accepted.prediction if answered and accepted is not None else -1,
@@ -112,8 +127,8 @@ def make_record(
         "device_ms": sum(a.device_ms for a in attempts),
         "queue_ms": sum(a.queue_ms for a in attempts),
         "send_lag_ms": send_lag_ms,
-        "energy_mj": energy.energy_mj,
         "device_energy_mj": energy.device_energy_mj,
+        "system_energy_mj": energy.system_energy_mj,
         "remote_energy_mj": energy.remote_energy_mj,
         "sim_energy_mj": energy.sim_energy_mj,
         "deadline_ms": request.deadline_ms,
@@ -121,9 +136,11 @@ def make_record(
         "schedule_s": schedule_s,
         "intended_send_s": intended_send_s,
         "actual_send_s": actual_send_s,
+        "phase": phase,
         "image_index": request.image_index,
         "tokens": accepted.tokens if answered and accepted is not None else 0,
-        "error": "" if answered else (final.error if final is not None else ""),
+        "error": "" if answered else (final.error if final is not None
+                                      else (attempts[-1].error if attempts else "")),
         "attempts_json": json.dumps([a.brief() for a in attempts], separators=(",", ":")),
     }
 
@@ -189,6 +206,7 @@ _STR_COLS = (
     "route",
     "attempts",
     "outcome",
+    "phase",
     "error",
     "attempts_json",
 )

@@ -4,8 +4,9 @@ Open loop: each request has an intended send time from the arrival schedule and 
 measured from that instant, so client-side lateness (a full concurrency window, a slow event
 loop) shows up as latency instead of hiding it. ``serial`` schedules run closed loop, like the
 simulator. Every request ends as exactly one record, whatever happened to it (refused,
-timeout, 503, dropped connection, a policy bug, Ctrl-C while in flight: outcome ``cancelled``).
-Records are handed to subscribers (CSV writer, metrics, progress bar) as they finish.
+abandoned, 503, dropped connection, a policy bug, Ctrl-C while in flight: outcome
+``cancelled``). Records are handed to subscribers (CSV writer, metrics, progress bar) as they
+finish. A scenario timeline runs beside each pass (``orchestrator.scenario``).
 """
 
 from __future__ import annotations
@@ -15,46 +16,29 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from orchestrator.client import Attempt, make_session, run_attempt
 from orchestrator.energy import EnergyModel
+from orchestrator.experiment import ReplaySettings, ScenarioEvent
 from orchestrator.policies import LatencyPredictor, Policy, PolicyContext
 from orchestrator.records import make_record
+from orchestrator.scenario import (
+    AppliedEvent,
+    StackController,
+    log_unreached,
+    phase_at,
+    run_timeline,
+)
 from orchestrator.workload import Request
 
 RecordSink = Callable[[dict[str, Any], Sequence[Attempt]], None]
-
-
-class ReplaySettings(BaseModel):
-    """How requests are sent: concurrency window, per-request timeout, send-time precision."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    concurrency: int = Field(default=32, ge=1, le=10_000)
-    timeout_factor: float = Field(
-        default=4.0, gt=0, le=1000
-    )  # request budget = factor × deadline ...
-    timeout_min_s: float = Field(default=1.0, gt=0, le=3600)  # ... but at least this ...
-    timeout_max_s: float = Field(default=120.0, gt=0, le=3600)  # ... and at most this
-    start_lead_s: float = Field(
-        default=0.05, ge=0, le=60
-    )  # first intended send this long after start
-    spin_s: float = Field(default=0.002, ge=0, le=0.05)  # yield-spin this close to a send time
-    progress: bool = True
-    realtime: bool = False  # run the replay loop under SCHED_FIFO (root) for precise sends
-
-    def request_timeout_s(self, deadline_ms: float) -> float:
-        return min(
-            self.timeout_max_s, max(self.timeout_min_s, deadline_ms / 1e3 * self.timeout_factor)
-        )
 
 
 def normalise_targets(targets: dict[str, str]) -> dict[str, str]:
@@ -76,6 +60,8 @@ class PassStats:
     duration_s: float = 0.0
     send_lag_ms: list[float] = field(default_factory=list)
     interrupted: bool = False
+    recorded_ids: set[int] = field(default_factory=set)
+    host_leads_ms: dict[str, float] = field(default_factory=dict)
 
     def lag_summary(self) -> dict[str, float]:
         if not self.send_lag_ms:
@@ -120,34 +106,54 @@ async def _sleep_until(t_target: float, spin_s: float) -> None:
         await asyncio.sleep(0)
 
 
+@dataclass
+class Pass:
+    """One policy pass: its label, the policy and the per-pass state it starts from."""
+
+    label: str
+    policy: Policy
+    energy_model: EnergyModel
+    predictor: LatencyPredictor
+
+
+BeforePass = Callable[[str], Awaitable[dict[str, float]]]
+
+
 async def replay_policy(
     requests: Sequence[Request],
     schedule: np.ndarray | None,
-    policy: Policy,
+    run: Pass,
     *,
-    label: str,
     targets: dict[str, str],
     client: aiohttp.ClientSession,
-    predictor: LatencyPredictor,
-    energy_model: EnergyModel,
     settings: ReplaySettings,
     sinks: Sequence[RecordSink] = (),
     t_origin: float | None = None,
+    host_leads: dict[str, float] | None = None,
+    scenario: Sequence[ScenarioEvent] = (),
+    controller: StackController | None = None,
+    event_log: list[AppliedEvent] | None = None,
+    on_event: Callable[[AppliedEvent], None] | None = None,
+    stats: PassStats | None = None,
 ) -> PassStats:
-    """One pass of the workload through ``policy``; returns send-time statistics."""
+    """One pass of the workload through ``run.policy``; returns send-time statistics."""
     targets = normalise_targets(targets)
-    stats = PassStats(policy=label, n_planned=len(requests))
+    leads = {k.upper(): v for k, v in (host_leads or {}).items()}
+    label = run.label
+    stats = stats or PassStats(policy=label, n_planned=len(requests))
     sem = asyncio.Semaphore(settings.concurrency)
     origin = time.perf_counter() if t_origin is None else t_origin
+    events = event_log if event_log is not None else []
 
     def emit(row: dict[str, Any], attempts: Sequence[Attempt]) -> None:
         stats.n_recorded += 1
+        stats.recorded_ids.add(row["id"])
         stats.send_lag_ms.append(row["send_lag_ms"])
         for sink in sinks:
             sink(row, attempts)
 
-    async def one(req: Request, t_intended: float, schedule_s: float) -> None:
-        budget_end = t_intended + settings.request_timeout_s(req.deadline_ms)
+    async def one(req: Request, t_intended: float, schedule_s: float, t_pass: float) -> None:
+        budget_end = t_intended + settings.request_budget(req.deadline_ms)
 
         async def attempt_fn(route: str) -> Attempt:
             tier = route.split("/", 1)[0]
@@ -160,9 +166,10 @@ async def replay_policy(
                 req,
                 timeout_s=budget_end - time.perf_counter(),
                 t_intended=t_intended,
+                host_lead_ms=leads.get(tier, 0.0),
             )
 
-        ctx = PolicyContext(req, attempt_fn, predictor, t_intended)
+        ctx = PolicyContext(req, attempt_fn, run.predictor, t_intended)
         accepted: Attempt | None = None
         outcome: str | None = None
         error = ""
@@ -170,15 +177,15 @@ async def replay_policy(
         try:
             async with sem:
                 t_send = time.perf_counter()
-                accepted = await policy.decide(req, ctx)
+                accepted = await run.policy.decide(req, ctx)
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            outcome, error = "cancelled", "the run was stopped while this request was in flight"
             raise
         except Exception as exc:  # a policy bug must not lose the record
             outcome, error = "error", f"policy {label}: {type(exc).__name__}: {exc}"
         finally:
             elapsed_ms = (time.perf_counter() - t_intended) * 1e3
-            energy = energy_model.account(ctx.attempts, accepted)
+            energy = run.energy_model.account(ctx.attempts, accepted)
             row = make_record(
                 request=req,
                 policy=label,
@@ -191,6 +198,7 @@ async def replay_policy(
                 schedule_s=schedule_s,
                 actual_send_s=t_send - origin,
                 outcome=outcome,
+                phase=phase_at(t_pass, scenario),
             )
             if error:
                 row["error"] = error
@@ -199,17 +207,21 @@ async def replay_policy(
     tasks: set[asyncio.Task[None]] = set()
     t0 = time.perf_counter() + settings.start_lead_s
     stats.started_s = t0 - origin
+    timeline = None
+    if scenario:
+        timeline = asyncio.create_task(run_timeline(
+            scenario, controller, policy=label, t0=t0, log=events, on_event=on_event))
     try:
         await _sleep_until(t0, settings.spin_s)
         if schedule is None:  # closed loop: the simulator's "one after another"
             for req in requests:
                 now = time.perf_counter()
-                await one(req, now, now - t0)
+                await one(req, now, now - t0, now - t0)
         else:
             for req, offset_s in zip(requests, schedule, strict=True):
                 t_intended = t0 + float(offset_s)
                 await _sleep_until(t_intended, settings.spin_s)
-                task = asyncio.create_task(one(req, t_intended, float(offset_s)))
+                task = asyncio.create_task(one(req, t_intended, float(offset_s), float(offset_s)))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
@@ -223,92 +235,63 @@ async def replay_policy(
         raise
     finally:
         stats.duration_s = time.perf_counter() - t0
+        if timeline is not None:
+            timeline.cancel()
+            await asyncio.gather(timeline, return_exceptions=True)
+            log_unreached(scenario, label, events)
     return stats
 
 
 async def replay(
     requests: Sequence[Request],
     schedule: np.ndarray | None,
-    policies: Sequence[tuple[str, Policy]],
+    passes: Sequence[Pass],
     *,
     targets: dict[str, str],
-    energy_model: EnergyModel,
     settings: ReplaySettings | None = None,
-    predictor_factory: Callable[[], LatencyPredictor] = LatencyPredictor,
     sinks: Sequence[RecordSink] = (),
-    on_pass_start: Callable[[str], None] | None = None,
+    results: list[PassStats] | None = None,
+    before_pass: BeforePass | None = None,
+    scenario: Sequence[ScenarioEvent] = (),
+    controller: StackController | None = None,
+    event_log: list[AppliedEvent] | None = None,
+    on_event: Callable[[AppliedEvent], None] | None = None,
 ) -> list[PassStats]:
-    """Replay ``requests`` through each (label, policy) in turn, each pass with a fresh predictor.
+    """Replay ``requests`` through each pass in turn.
 
-    A progress bar per pass when ``settings.progress``. On cancellation (Ctrl-C) the passes done
-    so far and the in-flight requests (as ``cancelled``) are already recorded.
+    ``results`` (when given) receives each pass's statistics as the pass starts, so a caller
+    interrupted half-way still holds what was done. ``before_pass(label)`` runs before each pass
+    (the stack resets scenario changes and measures the host overhead there) and returns the
+    host lead per tier (ms). A progress bar per pass when ``settings.progress``. On cancellation
+    (Ctrl-C) the passes done so far and the in-flight requests (as ``cancelled``) are already
+    recorded.
     """
     settings = settings or ReplaySettings()
-    results: list[PassStats] = []
+    results = results if results is not None else []
     origin = time.perf_counter()
     with realtime_priority(settings.realtime) as sched:
         if settings.realtime and not sched.startswith("SCHED_FIFO"):
             print(f"replay: realtime scheduling {sched}", file=sys.stderr)
-        await _replay_passes(
-            requests,
-            schedule,
-            policies,
-            targets,
-            energy_model,
-            settings,
-            predictor_factory,
-            sinks,
-            on_pass_start,
-            results,
-            origin,
-        )
-    return results
+        async with make_client(settings.concurrency, len(targets)) as client:
+            for run in passes:
+                leads = await before_pass(run.label) if before_pass is not None else {}
+                stats = PassStats(policy=run.label, n_planned=len(requests),
+                                  host_leads_ms=dict(leads))
+                results.append(stats)
+                bar = tqdm(total=len(requests), desc=run.label, unit="req",
+                           disable=not settings.progress, leave=True, dynamic_ncols=True)
 
+                def tick(row: dict[str, Any], attempts: Sequence[Attempt],
+                         bar: tqdm = bar) -> None:
+                    bar.update(1)
 
-async def _replay_passes(
-    requests: Sequence[Request],
-    schedule: np.ndarray | None,
-    policies: Sequence[tuple[str, Policy]],
-    targets: dict[str, str],
-    energy_model: EnergyModel,
-    settings: ReplaySettings,
-    predictor_factory: Callable[[], LatencyPredictor],
-    sinks: Sequence[RecordSink],
-    on_pass_start: Callable[[str], None] | None,
-    results: list[PassStats],
-    origin: float,
-) -> None:
-    async with make_client(settings.concurrency, len(targets)) as client:
-        for label, policy in policies:
-            if on_pass_start is not None:
-                on_pass_start(label)
-            bar = tqdm(
-                total=len(requests),
-                desc=label,
-                unit="req",
-                disable=not settings.progress,
-                leave=True,
-                dynamic_ncols=True,
-            )
-
-            def tick(row: dict[str, Any], attempts: Sequence[Attempt], bar: tqdm = bar) -> None:
-                bar.update(1)
-
-            try:
-                results.append(
+                try:
                     await replay_policy(
-                        requests,
-                        schedule,
-                        policy,
-                        label=label,
-                        targets=targets,
-                        client=client,
-                        predictor=predictor_factory(),
-                        energy_model=energy_model,
-                        settings=settings,
-                        sinks=[*sinks, tick],
-                        t_origin=origin,
+                        requests, schedule, run, targets=targets, client=client,
+                        settings=settings, sinks=[*sinks, tick], t_origin=origin,
+                        host_leads=leads, scenario=scenario, controller=controller,
+                        event_log=event_log, on_event=on_event, stats=stats,
                     )
-                )
-            finally:
-                bar.close()
+                finally:
+                    bar.close()
+    return results

@@ -3,7 +3,10 @@
 Accuracy: ``cv_accuracy_pct`` from real predictions of CV requests; ``lm_quality_pct`` the mean
 LM quality the (emulated) LM tiers reported; ``accuracy_pct`` mixes CV correctness with the LM
 correctness draws, as the simulator did. A request without an answer counts as incorrect and
-as a missed deadline. Latency statistics are over answered requests.
+as a missed deadline. Latency statistics are over answered requests (``n_ok``; the latency CDF
+plot shows the others). Energy: ``device_energy_mean_mj`` is what the device's battery pays,
+``system_energy_mean_mj`` adds every tier's reported energy (both emulated). ``route_mix``
+counts the route that answered, or the last one actually sent; ``outcomes`` counts outcomes.
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "latency_p99_ms",
     "cv_latency_mean_ms",
     "accepted_latency_mean_ms",
-    "energy_mean_mj",
+    "device_energy_mean_mj",
+    "system_energy_mean_mj",
     "sim_energy_mean_mj",
     "attempts_mean",
     "escalated_pct",
     "route_mix",
+    "outcomes",
 )
 
 
@@ -61,6 +66,12 @@ def route_mix(df: pd.DataFrame) -> str:
     counts = df["route"].replace("", "none").value_counts()
     total = counts.sum()
     return ";".join(f"{r}={100.0 * c / total:.1f}%" for r, c in sorted(counts.items()))
+
+
+def outcome_mix(df: pd.DataFrame) -> str:
+    """Requests per outcome, e.g. ``abandoned=2;ok=8``."""
+    counts = df["outcome"].value_counts()
+    return ";".join(f"{o}={int(c)}" for o, c in sorted(counts.items()))
 
 
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
@@ -91,11 +102,13 @@ def summarize(records: pd.DataFrame) -> pd.DataFrame:
                 "latency_p99_ms": _q(df["latency_ms"], 99),
                 "cv_latency_mean_ms": _mean(cv["latency_ms"]),
                 "accepted_latency_mean_ms": _mean(df["accepted_latency_ms"]),
-                "energy_mean_mj": _mean(df["energy_mj"]),
+                "device_energy_mean_mj": _mean(df["device_energy_mj"]),
+                "system_energy_mean_mj": _mean(df["system_energy_mj"]),
                 "sim_energy_mean_mj": _mean(df["sim_energy_mj"]),
                 "attempts_mean": _mean(df["n_attempts"].astype(float)),
                 "escalated_pct": _pct(df["n_attempts"] > 1),
                 "route_mix": route_mix(df),
+                "outcomes": outcome_mix(df),
             }
         )
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
@@ -115,3 +128,30 @@ def read_summary(path: str | Path) -> pd.DataFrame:
     if p.is_dir():
         p = p / "summary.csv"
     return pd.read_csv(p, keep_default_na=True)
+
+
+SUMMARY_VIEW: tuple[str, ...] = (
+    "policy",
+    "n",
+    "accuracy_pct",
+    "cv_accuracy_pct",
+    "deadline_met_pct",
+    "latency_mean_ms",
+    "latency_p95_ms",
+    "device_energy_mean_mj",
+    "system_energy_mean_mj",
+    "error_pct",
+    "route_mix",
+)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """The summary as a plain-text table (the columns a terminal has room for)."""
+    view = summary.loc[:, [c for c in SUMMARY_VIEW if c in summary.columns]].rename(
+        columns={"device_energy_mean_mj": "device_mJ", "system_energy_mean_mj": "system_mJ"})
+    with pd.option_context(
+        "display.max_columns", None, "display.width", 220, "display.max_colwidth", 60
+    ):
+        text = view.to_string(index=False, float_format=lambda v: f"{v:.1f}")
+    return (text + "\ndevice_mJ: what the device's battery pays; system_mJ: the device plus every "
+            "tier (both emulated)")

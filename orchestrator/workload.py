@@ -3,7 +3,8 @@
 Each random dimension has its own seed (``Seeds``): which requests are CV/LM, easy/hard and
 their deadlines (``workload``), which evaluation image each CV request carries (``images``),
 which prompt each LM request carries (``prompts``), LM correctness draws (``lm_quality``), the
-arrival schedule (``arrivals``) and any link draws (``links``).
+arrival schedule (``arrivals``), link draws (``links``) and the emulated LM's confidence draws
+(``lm_confidence``: one seed per LM request, mixed with the route by the client).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SEED_DIMENSIONS: tuple[str, ...] = (
     "prompts",
     "lm_quality",
     "links",
+    "lm_confidence",
 )
 
 LM_PROMPTS: tuple[str, ...] = (
@@ -49,6 +51,7 @@ class Seeds(BaseModel):
     prompts: int = Field(default=3, ge=0)
     lm_quality: int = Field(default=4, ge=0)
     links: int = Field(default=5, ge=0)
+    lm_confidence: int = Field(default=6, ge=0)
 
     @classmethod
     def from_base(cls, base: int) -> Seeds:
@@ -68,13 +71,13 @@ class WorkloadSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n: int = Field(default=10, ge=1, le=1_000_000)
-    easy_ratio: float = Field(default=0.6, ge=0.0, le=1.0)
-    deadline_lo_ms: int = Field(default=20, ge=1)
-    deadline_hi_ms: int = Field(default=120, ge=1)
-    lm_ratio: float = Field(default=0.2, ge=0.0, le=1.0)
-    lm_long_ratio: float = Field(default=0.4, ge=0.0, le=1.0)
-    lm_deadline_extra_lo_ms: int = Field(default=2000, ge=0)
-    lm_deadline_extra_hi_ms: int = Field(default=13000, ge=0)
+    easy_ratio: float = Field(default=0.6, ge=0.0, le=1.0, allow_inf_nan=False)
+    deadline_lo_ms: int = Field(default=20, ge=1, le=86_400_000)
+    deadline_hi_ms: int = Field(default=120, ge=1, le=86_400_000)
+    lm_ratio: float = Field(default=0.2, ge=0.0, le=1.0, allow_inf_nan=False)
+    lm_long_ratio: float = Field(default=0.4, ge=0.0, le=1.0, allow_inf_nan=False)
+    lm_deadline_extra_lo_ms: int = Field(default=2000, ge=0, le=86_400_000)
+    lm_deadline_extra_hi_ms: int = Field(default=13000, ge=0, le=86_400_000)
     short_max_tokens: int = Field(default=32, ge=1, le=4096)
     long_max_tokens: int = Field(default=128, ge=1, le=4096)
 
@@ -84,6 +87,16 @@ class WorkloadSpec(BaseModel):
             raise ValueError(
                 f"deadline_hi_ms must be >= deadline_lo_ms ({self.deadline_lo_ms}), "
                 f"got {self.deadline_hi_ms}"
+            )
+        if self.lm_deadline_extra_hi_ms < self.lm_deadline_extra_lo_ms:
+            raise ValueError(
+                f"lm_deadline_extra_hi_ms must be >= lm_deadline_extra_lo_ms "
+                f"({self.lm_deadline_extra_lo_ms}), got {self.lm_deadline_extra_hi_ms}"
+            )
+        if self.long_max_tokens < self.short_max_tokens:
+            raise ValueError(
+                f"long_max_tokens must be >= short_max_tokens ({self.short_max_tokens}), "
+                f"got {self.long_max_tokens}"
             )
         return self
 
@@ -103,6 +116,7 @@ class Request:
     prompt: str = ""
     max_tokens: int = 0
     lm_draw: float = float("nan")  # uniform [0,1) draw deciding LM correctness (quality > draw)
+    lm_seed: int = 0  # seed of the emulated LM's confidence draws (``client.lm_seed_for``)
 
 
 @dataclass(frozen=True)
@@ -166,6 +180,7 @@ def generate_workload(
     img_rng = np.random.default_rng(seeds.images)
     prompt_rng = np.random.default_rng(seeds.prompts)
     quality_rng = np.random.default_rng(seeds.lm_quality)
+    confidence_rng = np.random.default_rng(seeds.lm_confidence)
     requests: list[Request] = []
     for i, (kind, sub, deadline_ms) in enumerate(kinds):
         if kind == "cv":
@@ -195,6 +210,7 @@ def generate_workload(
                     prompt=prompt,
                     max_tokens=max_tokens,
                     lm_draw=float(quality_rng.random()),
+                    lm_seed=int(confidence_rng.integers(0, 2**53)),
                 )
             )
     return requests

@@ -56,11 +56,18 @@ POLICY_PANELS: list[Panel] = [
         True,
     ),
     (
-        "Mean energy per request (emulated, mJ)",
+        "Mean energy per request (emulated, mJ): device battery vs whole system",
         "bargauge", "none",
-        [("1000 * sum by (policy) " + orch("edgebed_orchestrator_energy_joules_total")
-          + " / sum by (policy) " + orch("edgebed_orchestrator_requests_total"), "{{policy}}")],
-        "Energy is modelled (device radio + compute + what remote tiers report), not measured.",
+        [("1000 * sum by (policy) " + orch("edgebed_orchestrator_energy_joules_total",
+                                            'scope="device"')
+          + " / sum by (policy) " + orch("edgebed_orchestrator_requests_total"),
+          "{{policy}} device"),
+         ("1000 * sum by (policy) " + orch("edgebed_orchestrator_energy_joules_total",
+                                           'scope="system"')
+          + " / sum by (policy) " + orch("edgebed_orchestrator_requests_total"),
+          "{{policy}} system")],
+        "Device: what the device's battery pays (radio, its own compute). System: the device "
+        "plus every tier the request touched. Both modelled, not measured.",
         True,
     ),
     (
@@ -214,6 +221,28 @@ def _variable(name: str, label: str, query: str) -> dict[str, Any]:
     }
 
 
+# Every scenario event (link change, node kill/pause/restart, rate step) as a marker on every
+# time-series panel.
+SCENARIO_ANNOTATION_EXPR = (
+    "sum by (policy, action, target, result) "
+    "(changes(edgebed_orchestrator_scenario_events_total[1m])) > 0"
+)
+ANNOTATIONS: list[dict[str, Any]] = [
+    {
+        "name": "scenario events",
+        "datasource": DATASOURCE,
+        "enable": True,
+        "iconColor": "red",
+        "expr": SCENARIO_ANNOTATION_EXPR,
+        "step": "5s",
+        "titleFormat": "{{action}} {{target}}",
+        "textFormat": "pass {{policy}}: {{result}}",
+        "tagKeys": "action,policy",
+        "useValueForTime": False,
+    },
+]
+
+
 def build() -> dict[str, Any]:
     panels: list[dict[str, Any]] = []
     pid, y = 1, 0
@@ -244,7 +273,7 @@ def build() -> dict[str, Any]:
             _variable("policy", "policy",
                       "label_values(edgebed_orchestrator_requests_total, policy)"),
         ]},
-        "annotations": {"list": []},
+        "annotations": {"list": ANNOTATIONS},
         "panels": panels,
     }
 

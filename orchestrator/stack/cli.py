@@ -20,6 +20,17 @@ def _add_state_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_plugin_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this Python module first (it registers policies, arrival processes or "
+        "energy models); repeatable. An experiment file can list them under plugins:",
+    )
+
+
 def _add_stack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -34,9 +45,21 @@ def _add_stack_options(p: argparse.ArgumentParser) -> None:
         help="start a Prometheus server: auto = when the `prometheus` binary is on PATH",
     )
     p.add_argument(
-        "--scrape-interval-s", type=float, default=None, help="Prometheus scrape interval"
+        "--scrape-interval-s", type=_scrape_interval, default=None,
+        help="Prometheus scrape interval (0.1..60 s)"
     )
+    add_plugin_option(p)
     _add_state_dir(p)
+
+
+def _scrape_interval(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0.1 <= v <= 60:
+        raise argparse.ArgumentTypeError(f"must be within 0.1..60 s, got {text}")
+    return v
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -50,11 +73,15 @@ def _config(args: argparse.Namespace) -> Path:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from orchestrator.experiment import ExperimentError, import_plugins, load_experiment
     from orchestrator.stack import manager
-    from orchestrator.stack.schema import ExperimentError, load_experiment
+    from orchestrator.stack.state import StateError
 
     config = _config(args)
     try:
+        problems = import_plugins(args.plugin, "--plugin")
+        if problems:
+            raise ExperimentError(str(config), problems)
         exp = load_experiment(config)
     except ExperimentError as exc:
         print(f"edgebed up: {exc}", file=sys.stderr)
@@ -71,28 +98,29 @@ def _up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted; everything started was stopped", file=sys.stderr)
         return 130
-    except (manager.StackError, manager.StartError) as exc:
+    except (manager.StackError, manager.StartError, StateError) as exc:
         print(f"edgebed up: {exc}", file=sys.stderr)
         return 1
     if state.prometheus_url is None:
         print(f"prometheus     {state.prometheus_note}")
-    targets = ",".join(f"{t}={u}" for t, u in state.target_urls.items())
-    print(f"\nstack up (state {state.path()}). Run an experiment against it:")
-    print(
-        f"  edgebed run --config {config} --targets {targets} "
-        f"--metrics-port {state.orchestrator_metrics_port}"
-    )
     extra = f" --state-dir {args.state_dir}" if args.state_dir else ""
+    print(f"\nstack up (state {state.path()}). Run an experiment against it (through its links,")
+    print("with its Prometheus scraping the run's metrics):")
+    print(f"  edgebed run --config {config}{extra}")
+    print("request URLs (through the emulated links):")
+    for tier, url in state.target_urls.items():
+        print(f"  {tier:<8} {url}")
     print(f"stop it with: edgebed down{extra}")
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
     from orchestrator.stack import manager
+    from orchestrator.stack.state import StateError
 
     try:
         manager.down(_state_dir(args), log=print)
-    except manager.StackError as exc:
+    except (manager.StackError, StateError) as exc:
         print(f"edgebed down: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -100,8 +128,13 @@ def _down(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from orchestrator.stack import manager
+    from orchestrator.stack.state import StateError
 
-    state, rows = manager.status(_state_dir(args))
+    try:
+        state, rows = manager.status(_state_dir(args))
+    except StateError as exc:
+        print(f"edgebed status: {exc}", file=sys.stderr)
+        return 1
     if state is None:
         print(f"no stack recorded in {_state_dir(args)}")
         return 1
@@ -111,8 +144,14 @@ def _status(args: argparse.Namespace) -> int:
         for r in rows:
             alive = "running" if r["alive"] else "DEAD"
             ready = {True: "ready", False: "not ready", None: ""}[r["ready"]]
-            print(f"{r['name']:<14} pid {r['pid']:<8} {alive:<8} {ready:<10} {r['url'] or ''}")
+            url = r["url"] or ""
+            if r["name"].startswith("tier-"):
+                url += "  (direct: bypasses the emulated link)"
+            print(f"{r['name']:<14} pid {r['pid']:<8} {alive:<8} {ready:<10} {url}")
         print(f"link backend   {state.link_backend}: {state.link_backend_reason}")
+        print("request URLs through the emulated links (use these):")
+        for tier, url in state.target_urls.items():
+            print(f"  {tier:<12} {url}")
         print(f"prometheus     {state.prometheus_url or state.prometheus_note}")
     return 0 if all(r["alive"] for r in rows) else 1
 
@@ -130,6 +169,7 @@ def _demo(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         plots=not args.no_plots,
         fidelity_probes=args.fidelity_probes,
+        plugins=tuple(args.plugin),
     )
 
 
@@ -164,8 +204,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     demo.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     demo.add_argument(
         "--fidelity-probes",
-        type=int,
+        type=_probes,
         default=60,
         help="HTTP probes per link for the link-fidelity report before the run (0: skip)",
     )
     demo.set_defaults(func=_demo)
+
+
+def _probes(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= v <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be within 0..100000, got {v}")
+    return v

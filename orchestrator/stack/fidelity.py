@@ -2,7 +2,9 @@
 
 Each link is probed with keep-alive HTTP GETs of the tier's ``/healthz`` through the link, with
 the same request sent directly to the tier as the baseline, so only the link's part of the
-round trip is compared with its configured law. Reports go to run.json, to the terminal, and to
+round trip is compared with its configured law. The proxy's own counters, read around the
+probes, give the delay it drew for exactly those probes, so the mean is judged against that
+(the link's own error) rather than against the luck of 60 draws (``netem.probe``). Reports go to run.json, to the terminal, and to
 the link proxy's control API (which exports them as Prometheus gauges).
 """
 
@@ -14,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from orchestrator.stack.schema import Experiment
+from netem.auth import auth_headers, read_token_file
+from orchestrator.experiment import Experiment
 from orchestrator.stack.state import StackState
 
 
@@ -40,6 +43,8 @@ def probe_stack_links(
             continue
         jobs.append((name, spec, _hostport(via), _hostport(direct)))
 
+    control = state.link_control_urls.get("links")
+
     async def run() -> list[dict[str, Any]]:
         out = []
         for name, spec, via, direct in jobs:  # one link at a time: probes do not compete
@@ -53,15 +58,18 @@ def probe_stack_links(
                 path="/healthz",
                 baseline_target=direct,
                 baseline_n=min(n, 50),
+                control_url=control,  # the drawn mean: common random numbers for the mean check
             )
             out.append(await probe)
         return out
 
     reports = asyncio.run(asyncio.wait_for(run(), timeout_s))
-    control = state.link_control_urls.get("links")
     if control:
+        headers = auth_headers(read_token_file(state.link_token_file)
+                               if state.link_token_file else None)
         with httpx.Client(timeout=5, trust_env=False) as client:
             for r in reports:
                 with contextlib.suppress(httpx.HTTPError):
-                    client.put(f"{control}/v1/links/{r['link']}/fidelity", json=r)
+                    client.put(f"{control}/v1/links/{r['link']}/fidelity", json=r,
+                               headers=headers)
     return reports

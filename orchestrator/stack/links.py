@@ -8,13 +8,14 @@ own port. The orchestrator then talks to each tier through the link from ``devic
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from netem.spec import LinkSpec
-from orchestrator.stack.schema import Experiment
+from orchestrator.experiment import Experiment
 
 LOOPBACK = "127.0.0.1"
 
@@ -111,6 +112,21 @@ def write_topology(plan: LinkPlan, seed: int, path: Path) -> Path:
     return path
 
 
-def proxy_argv(python: str, config_path: Path) -> list[str]:
+def proxy_argv(python: str, config_path: Path, token_file: Path | None = None) -> list[str]:
     """Command line of the link proxy process serving every planned link (pure)."""
-    return [python, "-m", "netem.proxy", "--config", str(config_path)]
+    argv = [python, "-m", "netem.proxy", "--config", str(config_path)]
+    if token_file is not None:
+        argv += ["--token-file", str(token_file)]
+    return argv
+
+
+def write_token(path: Path) -> Path:
+    """A fresh random token for the link control API, readable by this user only."""
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(32) + "\n")
+    os.chmod(path, 0o600)
+    return path

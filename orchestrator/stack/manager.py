@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from orchestrator.experiment import Experiment
 from orchestrator.stack import links as stack_links
 from orchestrator.stack import prometheus as prom
 from orchestrator.stack import tiers as stack_tiers
@@ -27,7 +28,6 @@ from orchestrator.stack.procs import (  # noqa: F401  (StartError re-exported)
     stop,
     wait_ready,
 )
-from orchestrator.stack.schema import Experiment
 from orchestrator.stack.state import StackState, load_state, remove_state
 
 LOOPBACK = "127.0.0.1"
@@ -171,10 +171,12 @@ def _spawn_links(
         config = stack_links.write_topology(
             plan, exp.seeds.links, Path(state.state_dir) / "links.yaml"
         )
+        token = stack_links.write_token(Path(state.state_dir) / "link-token")
+        state.link_token_file = str(token)
         rec = spawn(
             "links",
             "link",
-            stack_links.proxy_argv(python, config),
+            stack_links.proxy_argv(python, config, token),
             logs / "links.log",
             url=plan.control_url,
             ready_path="/healthz",

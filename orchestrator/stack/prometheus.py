@@ -92,6 +92,6 @@ def build_argv(
         f"--storage.tsdb.path={data_dir}",
         f"--storage.tsdb.retention.time={retention}",
         f"--web.listen-address={listen_address}",
-        "--web.enable-lifecycle",
+        # no --web.enable-lifecycle: nobody else on this machine may reload or stop it
         "--log.level=warn",
     ]

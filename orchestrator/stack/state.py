@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from orchestrator.stack.procs import ProcessRecord
 
@@ -35,6 +35,7 @@ class StackState(BaseModel):
     link_backend: str = "none"
     link_backend_reason: str = ""
     link_control_urls: dict[str, str] = Field(default_factory=dict)
+    link_token_file: str | None = None  # 0600 file with the token the link control API wants
     prometheus_url: str | None = None
     prometheus_note: str = ""
     scrape_interval_s: float = 5.0
@@ -51,11 +52,24 @@ class StackState(BaseModel):
         tmp.replace(p)
 
 
+class StateError(RuntimeError):
+    """The state file exists but cannot be read."""
+
+
 def load_state(state_dir: Path) -> StackState | None:
+    """The recorded stack, None when there is none; :class:`StateError` naming the file and
+    what to do when it is unreadable or corrupt."""
     p = Path(state_dir) / STATE_FILE
     if not p.exists():
         return None
-    return StackState.model_validate_json(p.read_text())
+    try:
+        return StackState.model_validate_json(p.read_bytes())
+    except (ValidationError, OSError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StateError(
+            f"stack state file {p} is unreadable or corrupt ({first}); stop any processes it "
+            f"listed by hand (see {Path(state_dir) / 'logs'}) and remove the file"
+        ) from None
 
 
 def remove_state(state_dir: Path) -> None:

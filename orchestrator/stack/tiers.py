@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.stack.schema import Experiment
+from orchestrator.experiment import Experiment
 
 LOOPBACK = "127.0.0.1"
 

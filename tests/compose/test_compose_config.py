@@ -240,10 +240,10 @@ def test_settings_from_env_name_the_bad_key() -> None:
 
 def test_proxy_topology_is_a_valid_netem_topology() -> None:
     from netem.spec import Topology
-    from orchestrator.stack.schema import load_experiment
+    from orchestrator.experiment import load_experiment
 
     exp = load_experiment(REPO / "experiments" / "seed.yaml")
-    tiers = {"MCU": "http://mcu:8000", "EDGE": "http://edge:8000", "CLOUD": "http://cloud:8000"}
+    tiers = {"mcu": "http://mcu:8000", "edge": "http://edge:8000", "cloud": "http://cloud:8000"}
     links = entry.device_links(exp, tiers)
     doc = entry.proxy_topology(links, tiers, 9111, 9101, seed=5)
     topo = Topology.model_validate(doc)
@@ -259,7 +259,7 @@ def test_tc_shaping_failure_is_reported_and_leaves_the_interface_clean(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """netem present but e.g. no ifb device: start_links raises TcApplyError after clearing."""
     from netem import tc
-    from orchestrator.stack.schema import load_experiment
+    from orchestrator.experiment import load_experiment
 
     cleared: list[str] = []
 
@@ -270,7 +270,7 @@ def test_tc_shaping_failure_is_reported_and_leaves_the_interface_clean(
     monkeypatch.setattr(tc, "clear", lambda dev, **kw: cleared.append(dev))
     monkeypatch.setattr(entry.socket, "gethostbyname", lambda host: "172.30.0.9")
     exp = load_experiment(REPO / "experiments" / "seed.yaml")
-    tiers = {"MCU": "http://mcu:8000", "EDGE": "http://edge:8000", "CLOUD": "http://cloud:8000"}
+    tiers = {"mcu": "http://mcu:8000", "edge": "http://edge:8000", "cloud": "http://cloud:8000"}
     with pytest.raises(entry.TcApplyError, match="Operation not supported"):
         entry.start_links(entry.Settings(), exp, tiers, "tc", "test", REPO / "unused")
     assert cleared == ["eth0"]

@@ -296,9 +296,11 @@ def check_run(run_dir: Path, ports: dict[str, int], env: dict[str, str]) -> None
                                  and (column is None or r[column] in ("True", "true", "1"))))
                     for p in policies}
             assert got == want, f"{metric}: Prometheus {got} vs records {want}"
-        energy = by_policy("sum by (policy) (edgebed_orchestrator_energy_joules_total)")
+        energy = by_policy('sum by (policy) (edgebed_orchestrator_energy_joules_total'
+                           '{scope="system"})')
         for p in policies:
-            want_j = sum(float(r["energy_mj"]) for r in records if r["policy"] == p) / 1e3
+            want_j = sum(float(r["system_energy_mj"]) for r in records
+                         if r["policy"] == p) / 1e3
             assert energy[p] == pytest.approx(want_j, rel=1e-6, abs=1e-9), (p, energy, want_j)
         attempts = sum(int(r["n_attempts"]) for r in records)
         tier_total = sum(float(r["value"][1]) for r in prom_query(

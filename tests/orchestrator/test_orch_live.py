@@ -19,10 +19,11 @@ import yaml
 from orch_live import REPO_ROOT, require_artifacts, start_tiers
 
 from orchestrator.agreement import measure_agreement
-from orchestrator.experiment import DEFAULT_POLICIES, run_experiment
+from orchestrator.experiment import DEFAULT_POLICIES
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.plots import PLOT_FILES
 from orchestrator.records import read_records
+from orchestrator.run import run_experiment
 from orchestrator.summary import read_summary, summarize_csv
 from orchestrator.workload import Seeds
 
@@ -41,11 +42,11 @@ def test_six_policies_1200_records(real_tiers: dict[str, Any], tmp_path: Path) -
             "name": "six",
             "seeds": 11,
             "workload": {"n": 200},
-            "arrival": {"name": "poisson", "params": {"rate_rps": 30}},
-            "targets": _targets(real_tiers),
-            "replay": {"concurrency": 16, "progress": False, "timeout_min_s": 20.0},
+            "arrival": {"process": "poisson", "params": {"rate_rps": 30}},
+            "replay": {"concurrency": 16, "progress": False},
         }
-        result = run_experiment(cfg, tmp_path / "run", metrics=metrics)
+        result = run_experiment(cfg, tmp_path / "run", targets=_targets(real_tiers),
+                                metrics=metrics)
         scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
     finally:
         metrics.stop()
@@ -82,7 +83,8 @@ def test_six_policies_1200_records(real_tiers: dict[str, Any], tmp_path: Path) -
     # every attempt's time counts: a request's latency is at least its accepted attempt's
     ok = records[records["outcome"] == "ok"]
     assert (ok["latency_ms"] + 1e-6 >= ok["accepted_latency_ms"]).all()
-    assert (ok["energy_mj"] > 0).all()
+    assert (ok["device_energy_mj"] > 0).all()
+    assert (ok["system_energy_mj"] >= ok["device_energy_mj"]).all()
     # run.json, plots, metrics
     info = json.loads((run_dir / "run.json").read_text())
     assert info["seeds"] == Seeds.from_base(11).model_dump()
@@ -105,13 +107,13 @@ def test_same_seeds_same_workload_and_schedule(real_tiers: dict[str, Any], tmp_p
     cfg = {
         "seeds": 3,
         "workload": {"n": 60},
-        "arrival": {"name": "poisson", "params": {"rate_rps": 50}},
+        "arrival": {"process": "poisson", "params": {"rate_rps": 50}},
         "policies": ["always_cloud"],
-        "targets": _targets(real_tiers),
-        "replay": {"progress": False, "timeout_min_s": 20.0},
+        "replay": {"progress": False},
     }
-    a = run_experiment(cfg, tmp_path / "a", plots=False).records.sort_values("id")
-    b = run_experiment(cfg, tmp_path / "b", plots=False).records.sort_values("id")
+    urls = _targets(real_tiers)
+    a = run_experiment(cfg, tmp_path / "a", targets=urls, plots=False).records.sort_values("id")
+    b = run_experiment(cfg, tmp_path / "b", targets=urls, plots=False).records.sort_values("id")
     keys = [
         "id",
         "type",
@@ -125,7 +127,8 @@ def test_same_seeds_same_workload_and_schedule(real_tiers: dict[str, Any], tmp_p
     pd.testing.assert_frame_equal(a[keys].reset_index(drop=True), b[keys].reset_index(drop=True))
     # real deterministic models on the same images give the same predictions
     assert (a["prediction"].to_numpy() == b["prediction"].to_numpy()).all()
-    c = run_experiment({**cfg, "seeds": 4}, tmp_path / "c", plots=False).records.sort_values("id")
+    c = run_experiment({**cfg, "seeds": 4}, tmp_path / "c", targets=urls,
+                       plots=False).records.sort_values("id")
     assert not a[keys].equals(c[keys])
 
 
@@ -151,12 +154,12 @@ def test_tier_killed_mid_run(tmp_path: Path) -> None:
         result = run_experiment(
             {
                 "workload": {"n": n},
-                "arrival": {"name": "poisson", "params": {"rate_rps": 50}},
+                "arrival": {"process": "poisson", "params": {"rate_rps": 50}},
                 "policies": ["always_edge", "confidence"],
-                "targets": _targets(tiers),
-                "replay": {"progress": False, "concurrency": 16, "timeout_min_s": 20.0},
+                "replay": {"progress": False, "concurrency": 16},
             },
             tmp_path / "run",
+            targets=_targets(tiers),
             plots=False,
         )
         killer.join()
@@ -167,7 +170,7 @@ def test_tier_killed_mid_run(tmp_path: Path) -> None:
     ae = records[records["policy"] == "always_edge"]
     failed = ae[ae["outcome"] != "ok"]
     assert len(failed) > 0 and (ae["outcome"] == "ok").sum() > 0, ae["outcome"].value_counts()
-    assert set(failed["outcome"]) <= {"refused", "disconnected", "timeout"}, set(failed["outcome"])
+    assert set(failed["outcome"]) <= {"refused", "disconnected", "abandoned"}, set(failed["outcome"])
     assert failed["latency_ms"].isna().all() and (~failed["deadline_met"]).all()
     assert (failed["error"] != "").all()
     # confidence escalates past the dead EDGE tier to the cloud
@@ -255,7 +258,22 @@ def test_cli_run(real_tiers: dict[str, Any], tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--targets" in bad.stderr, bad.stderr
 
 
-def test_ctrl_c_keeps_what_was_recorded(real_tiers: dict[str, Any], tmp_path: Path) -> None:
+def _ignore_sigint() -> None:
+    """As a shell does for a command started in the background (``cmd &``, no job control)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    ("sig", "inherit_ignored"),
+    [("SIGINT", False), ("SIGINT", True), ("SIGTERM", False)],
+    ids=["ctrl-c", "ctrl-c-started-in-background", "sigterm"],
+)
+def test_ctrl_c_keeps_what_was_recorded(real_tiers: dict[str, Any], tmp_path: Path, sig: str,
+                                        inherit_ignored: bool) -> None:
+    """Stopping ``edgebed run`` keeps every record, labels the in-flight and the unsent ones,
+    and leaves a complete run directory, also when SIGINT was inherited ignored."""
     import signal
 
     exp = yaml.safe_load((REPO_ROOT / "experiments" / "seed.yaml").read_text())
@@ -265,28 +283,11 @@ def test_ctrl_c_keeps_what_was_recorded(real_tiers: dict[str, Any], tmp_path: Pa
     targets = ",".join(f"{k.lower()}={tp.url}" for k, tp in real_tiers.items())
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "run",
-            "--config",
-            str(path),
-            "--n",
-            "400",
-            "--policy",
-            "always_cloud",
-            "--out",
-            str(out),
-            "--targets",
-            targets,
-            "--no-progress",
-            "--no-plots",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO_ROOT,
+        [sys.executable, "-m", "orchestrator.cli", "run", "--config", str(path), "--n", "400",
+         "--policy", "always_cloud", "--policy", "always_edge", "--out", str(out),
+         "--targets", targets, "--no-progress", "--no-plots"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        preexec_fn=_ignore_sigint if inherit_ignored else None,
     )
     try:
         deadline = time.time() + 120
@@ -296,7 +297,7 @@ def test_ctrl_c_keeps_what_was_recorded(real_tiers: dict[str, Any], tmp_path: Pa
             ) > 21:
                 break
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -304,11 +305,17 @@ def test_ctrl_c_keeps_what_was_recorded(real_tiers: dict[str, Any], tmp_path: Pa
             proc.wait()
     assert proc.returncode == 130, err[-2000:]
     records = read_records(out)
-    assert 20 <= len(records) < 400, len(records)
-    assert set(records["outcome"]) <= {"ok", "cancelled"}
-    assert sorted(records["id"]) == list(range(len(records))), "a sent request has no record"
+    # one row per request and policy: sent ones as they ended, the rest as not_sent
+    assert len(records) == 800, len(records)
+    for policy, df in records.groupby("policy"):
+        assert sorted(df["id"]) == list(range(400)), f"{policy}: ids lost or duplicated"
+    assert set(records["outcome"]) <= {"ok", "cancelled", "not_sent"}, set(records["outcome"])
+    assert 20 <= (records["outcome"] == "ok").sum() < 400
+    assert (records.loc[records["policy"] == "always_edge", "outcome"] == "not_sent").all()
     info = json.loads((out / "run.json").read_text())
-    assert info["interrupted"] is True and info["n_records"] == len(records)
+    assert info["interrupted"] is True and info["state"] == "interrupted"
+    assert info["n_records"] == 800 and info["passes"], info.get("passes")
+    assert info["passes"][0]["policy"] == "always_cloud" and info["passes"][0]["interrupted"]
     pd.testing.assert_frame_equal(
         read_summary(out), summarize_csv(out), check_exact=False, rtol=1e-5, check_dtype=False
     )
@@ -325,11 +332,10 @@ def test_full_tier_queue_503_is_recorded(tmp_path: Path) -> None:
                     ready_timeout_s=60) as mcu:  # fmt: skip
         result = run_experiment({
             "workload": {"n": 40, "lm_ratio": 0.0},
-            "arrival": {"name": "constant", "params": {"rate_rps": 200}},
+            "arrival": {"process": "constant", "params": {"rate_rps": 200}},
             "policies": ["always_local"],
-            "targets": {"MCU": mcu.url},
-            "replay": {"progress": False, "timeout_min_s": 20.0},
-        }, tmp_path / "run", plots=False)  # fmt: skip
+            "replay": {"progress": False},
+        }, tmp_path / "run", targets={"mcu": mcu.url}, plots=False)  # fmt: skip
     rec = read_records(result.run_dir)
     assert sorted(rec["id"]) == list(range(40))
     counts = rec["outcome"].value_counts().to_dict()

@@ -191,10 +191,10 @@ def test_energy_models() -> None:
     )
     assert b.device_energy_mj == pytest.approx(2.0 + radio_mj)
     assert b.remote_energy_mj == pytest.approx(5.0)
-    assert b.energy_mj == pytest.approx(7.0 + radio_mj)
+    assert b.system_energy_mj == pytest.approx(7.0 + radio_mj)
     # the simulator's formula on the accepted attempt: 1.4 × 35 ms × 0.02 = 0.98 mJ ("~1 mJ")
     assert b.sim_energy_mj == pytest.approx(0.98)
     sim = make_energy_model("simulator").account([mcu, edge], edge)
-    assert sim.energy_mj == pytest.approx(0.98)
+    assert sim.device_energy_mj == pytest.approx(0.98)
     with pytest.raises(ValueError, match="tx_power_mw"):
         make_energy_model("device", {"tx_power_mw": -1})

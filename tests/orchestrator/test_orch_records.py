@@ -87,7 +87,7 @@ def test_csv_round_trip_and_recomputed_summary(tmp_path) -> None:  # type: ignor
     rows = []
     for policy in ("a", "b"):
         for i in range(50):
-            outcome = "ok" if rng.random() > 0.1 else "timeout"
+            outcome = "ok" if rng.random() > 0.1 else "abandoned"
             kind = "lm" if rng.random() < 0.2 else "cv"
             rows.append(
                 _row(
@@ -129,6 +129,53 @@ def test_rows_are_flushed_as_written(tmp_path) -> None:  # type: ignore[no-untyp
     w.write(_row(0, "p", "ok", 10.0, 50, 7))
     # another reader sees the row before the writer is closed (crash-safe)
     assert len(read_records(tmp_path)) == 1
-    w.write(_row(1, "p", "timeout", 10.0, 50, 7))
+    w.write(_row(1, "p", "abandoned", 10.0, 50, 7))
     assert len(read_records(tmp_path)) == 2
     w.close()
+
+
+def _req(i: int = 0) -> Request:
+    return Request(id=i, kind="cv", deadline_ms=100, difficulty="hard", label=7, image=bytes(784))
+
+
+def test_routes_never_sent_are_not_the_route() -> None:
+    """Issue 11 defect 4: a request whose budget ran out before its escalation was listed under
+    the route it never sent (CLOUD/fp32). The route is the last one actually sent."""
+    first = Attempt(route="MCU/int8", outcome="ok", latency_ms=30.0, prediction=7,
+                    confidence=0.5)
+    unsent = Attempt(route="CLOUD/fp32", outcome="not_sent",
+                     error="request budget spent before this attempt")
+    row = make_record(request=_req(), policy="confidence", attempts=[first, unsent],
+                      accepted=unsent, energy=make_energy_model("device").account([first], None),
+                      elapsed_ms=2000.0, send_lag_ms=0.0, intended_send_s=0.0, actual_send_s=0.0)
+    assert row["route"] == "MCU/int8", row["route"]
+    assert row["attempts"] == "MCU/int8" and row["n_attempts"] == 1
+    assert row["outcome"] == "abandoned" and math.isnan(row["latency_ms"])
+    assert "CLOUD/fp32" in row["attempts_json"]  # the unsent attempt stays visible as such
+    summary = summarize(pd.DataFrame([row], columns=list(RECORD_COLUMNS)))
+    assert "CLOUD" not in summary.loc[0, "route_mix"], summary.loc[0, "route_mix"]
+    assert summary.loc[0, "outcomes"] == "abandoned=1"
+
+
+def test_nothing_sent_has_no_route() -> None:
+    unsent = Attempt(route="CLOUD/fp32", outcome="not_sent", error="budget")
+    row = make_record(request=_req(), policy="p", attempts=[unsent], accepted=unsent,
+                      energy=make_energy_model("device").account([unsent], None),
+                      elapsed_ms=5.0, send_lag_ms=0.0, intended_send_s=0.0, actual_send_s=0.0)
+    assert row["route"] == "" and row["outcome"] == "not_sent" and row["n_attempts"] == 0
+    assert row["device_energy_mj"] == 0.0
+
+
+def test_device_and_system_energy_are_separate_columns() -> None:
+    """Issue 11 defect 5: the headline energy mixed the cloud's energy into the device's."""
+    cloud = Attempt(route="CLOUD/fp32", outcome="ok", latency_ms=90.0, prediction=7,
+                    confidence=0.9, remote_energy_mj=5000.0, bytes_tx=900, bytes_rx=700)
+    row = make_record(request=_req(), policy="always_cloud", attempts=[cloud], accepted=cloud,
+                      energy=make_energy_model("device").account([cloud], cloud),
+                      elapsed_ms=90.0, send_lag_ms=0.0, intended_send_s=0.0, actual_send_s=0.0)
+    assert "energy_mj" not in row
+    assert row["device_energy_mj"] < 100, row["device_energy_mj"]  # radio only
+    assert row["system_energy_mj"] == pytest.approx(row["device_energy_mj"] + 5000.0)
+    s = summarize(pd.DataFrame([row], columns=list(RECORD_COLUMNS)))
+    assert s.loc[0, "device_energy_mean_mj"] == pytest.approx(row["device_energy_mj"])
+    assert s.loc[0, "system_energy_mean_mj"] == pytest.approx(row["system_energy_mj"])

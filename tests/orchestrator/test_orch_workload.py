@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from orchestrator.arrivals import ARRIVALS, make_schedule
-from orchestrator.workload import EvalSet, Seeds, WorkloadSpec, generate_workload
+from orchestrator.workload import SEED_DIMENSIONS, EvalSet, Seeds, WorkloadSpec, generate_workload
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_seed_dimensions_are_independent(eval_set: EvalSet) -> None:
     other_mix = generate_workload(spec, Seeds(workload=99), eval_set)
     assert [r.kind for r in base] != [r.kind for r in other_mix]
     seeds = Seeds.from_base(7)
-    assert len(set(seeds.model_dump().values())) == 6
+    assert len(set(seeds.model_dump().values())) == len(SEED_DIMENSIONS)
 
 
 def test_bad_spec_names_the_field() -> None:
@@ -114,12 +114,16 @@ def test_arrival_processes() -> None:
     assert burst is not None and np.all(np.diff(burst) >= 0)
     phase = np.mod(burst, 5.0)
     assert np.all(phase <= 1.0 + 1e-9), "bursty sent during an off window"
-    with pytest.raises(ValueError, match="rate_rps must be > 0"):
+    with pytest.raises(ValueError, match=r"rate_rps must be within 0\.\.1e\+06 \(exclusive 0\)"):
         make_schedule("poisson", 10, 0, {"rate_rps": 0})
-    with pytest.raises(ValueError, match=r"arrivals\.process must be one of"):
+    with pytest.raises(ValueError, match=r"arrival\.process must be one of"):
         make_schedule("nope", 10, 0)
-    with pytest.raises(ValueError, match=r"arrivals\.params"):
+    with pytest.raises(ValueError, match=r"rate: not a parameter of arrival process 'constant'; "
+                                         r"allowed: rate_rps"):
         make_schedule("constant", 10, 0, {"rate": 3})
+    for bad in (float("inf"), float("nan"), True, "3"):
+        with pytest.raises(ValueError, match="off_s must be a"):
+            make_schedule("bursty", 10, 0, {"off_s": bad})
 
 
 def test_trace_arrivals(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -129,7 +133,9 @@ def test_trace_arrivals(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert sched is not None and np.allclose(sched, [0.0, 0.5, 1.25])
     looped = make_schedule("trace", 7, 0, {"path": str(path), "loop": True})
     assert looped is not None and len(looped) == 7 and np.all(np.diff(looped) > 0)
-    with pytest.raises(ValueError, match="trace has 3 rows, workload needs n=5"):
+    with pytest.raises(ValueError, match="the trace has 3 rows, the workload needs n=5"):
         make_schedule("trace", 5, 0, {"path": str(path)})
-    with pytest.raises(ValueError, match=r"arrivals\.column"):
+    with pytest.raises(ValueError, match=r"column: 'when' not in the trace's columns"):
         make_schedule("trace", 3, 0, {"path": str(path), "column": "when"})
+    with pytest.raises(ValueError, match="path: not a file"):
+        make_schedule("trace", 3, 0, {"path": str(tmp_path)})

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator.experiment import load_experiment
 from orchestrator.stack import links as stack_links
 from orchestrator.stack import prometheus as prom
 from orchestrator.stack import tiers as stack_tiers
 from orchestrator.stack.manager import prometheus_jobs, scrape_instances
-from orchestrator.stack.schema import load_experiment
 from orchestrator.stack.state import StackState
 
 REPO = Path(__file__).resolve().parents[2]

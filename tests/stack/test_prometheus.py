@@ -9,11 +9,11 @@ import httpx
 import pytest
 from stack_testutil import processes_mentioning, quick_experiment
 
+from orchestrator.experiment import load_experiment
 from orchestrator.records import read_records
 from orchestrator.stack import manager
 from orchestrator.stack import prometheus as prom
 from orchestrator.stack.demo import run_on_stack
-from orchestrator.stack.schema import load_experiment
 
 pytestmark = pytest.mark.slow
 SCRAPE_INTERVAL_S = 1.0
@@ -101,9 +101,10 @@ def test_totals_agree_with_records_csv(prometheus_run) -> None:
     assert sum(expect_met.values()) > 0, "no deadline met at all: the check would be vacuous"
 
     energy_j = by_label(
-        promql(url, "sum by (policy) (edgebed_orchestrator_energy_joules_total)", scraped), "policy"
+        promql(url, 'sum by (policy) (edgebed_orchestrator_energy_joules_total{scope="device"})',
+               scraped), "policy"
     )
-    expect_j = (records.energy_mj.clip(lower=0).groupby(records.policy).sum() / 1e3).to_dict()
+    expect_j = (records.device_energy_mj.clip(lower=0).groupby(records.policy).sum() / 1e3).to_dict()
     assert set(energy_j) == set(expect_j)
     for policy, joules in expect_j.items():
         assert joules > 0, policy

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator.experiment import ExperimentError, load_experiment, parse_experiment
 from orchestrator.profiles import SIM_LATENCY_MS, SIM_RTT_RANGE_MS
-from orchestrator.stack.schema import ExperimentError, load_experiment, parse_experiment
 from orchestrator.workload import WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[2]

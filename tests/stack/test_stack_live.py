@@ -14,9 +14,9 @@ import pytest
 import yaml
 from stack_testutil import SEED, processes_mentioning, quick_experiment
 
+from orchestrator.experiment import load_experiment
 from orchestrator.stack import manager
 from orchestrator.stack.procs import StartError, is_running
-from orchestrator.stack.schema import load_experiment
 from orchestrator.stack.state import load_state
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,8 +150,9 @@ def test_poisson_arrivals_make_the_mcu_queue(state_dir: Path) -> None:
     exp = load_experiment(REPO / "experiments" / "poisson-queueing.yaml")
     state = manager.up(exp, state_dir, prometheus="off")
     try:
+        exp = exp.with_overrides({"workload.n": 120, "policies": ["always_local", "always_cloud"]})
         result, _ = run_on_stack(
-            exp, state, state_dir / "run", n=120, policies=["always_local", "always_cloud"],
+            exp, state, state_dir / "run",
             progress=False, plots=False, log=lambda _: None,
         )
     finally:

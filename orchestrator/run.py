@@ -1,0 +1,362 @@
+"""Run an experiment against running tiers and write its run directory (the notebook API).
+
+``run_experiment(experiment, targets=...)`` generates the workload and schedule from the seeds,
+replays it through every policy, serves Prometheus metrics while it runs, and writes
+``records.csv`` (row by row), ``summary.csv``, ``run.json`` and ``plots/``. It returns the
+records and the summary as DataFrames. ``await arun_experiment(...)`` is the same inside a running
+event loop (Jupyter); ``run_experiment`` called from a running loop runs it on a worker thread.
+
+Nothing is lost on the way out: Ctrl-C (or SIGTERM, or cancelling the awaitable) stops the run,
+records in-flight requests as ``cancelled`` and every request not yet sent as ``not_sent``, so
+records.csv always holds one row per request and policy; run.json says ``"state":
+"interrupted"``. run.json is written with ``"state": "running"`` when the run starts, so even a
+run killed with SIGKILL leaves a labelled directory (records.csv is flushed row by row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from orchestrator.arrivals import make_schedule
+from orchestrator.calibrate import host_leads_ms
+from orchestrator.client import Attempt
+from orchestrator.energy import EnergyBreakdown, make_energy_model
+from orchestrator.experiment import Experiment, as_experiment
+from orchestrator.metrics import OrchestratorMetrics
+from orchestrator.policies import LatencyPredictor, make_policy
+from orchestrator.records import RecordWriter, make_record, records_frame
+from orchestrator.replay import Pass, PassStats, normalise_targets, replay
+from orchestrator.scenario import AppliedEvent, StackController, apply_rate_steps
+from orchestrator.summary import summarize, write_summary
+from orchestrator.workload import EvalSet, generate_workload
+
+DEFAULT_TARGETS: dict[str, str] = {
+    "mcu": "http://127.0.0.1:8101",
+    "edge": "http://127.0.0.1:8102",
+    "cloud": "http://127.0.0.1:8103",
+}
+FAILED_OUTCOMES_ALL = "every request of every policy failed"
+
+
+@dataclass
+class RunResult:
+    records: pd.DataFrame
+    summary: pd.DataFrame
+    run_dir: Path
+    passes: list[PassStats]
+    interrupted: bool = False
+    metrics_port: int | None = None
+    events: list[AppliedEvent] = field(default_factory=list)
+
+    @property
+    def all_failed(self) -> bool:
+        """True when records exist and not one request was answered."""
+        return bool(len(self.records)) and not bool((self.records["outcome"] == "ok").any())
+
+    def failure_summary(self) -> str:
+        counts = self.records["outcome"].value_counts()
+        errors = self.records.loc[self.records["error"] != "", "error"]
+        first = f"; e.g. {errors.iloc[0]}" if len(errors) else ""
+        return (f"{FAILED_OUTCOMES_ALL}: "
+                + ", ".join(f"{o} {int(c)}" for o, c in counts.items()) + first)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("edgebed", "numpy", "aiohttp", "pandas", "ai-edge-litert", "prometheus-client"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def probe_tiers(targets: dict[str, str], timeout_s: float = 2.0) -> dict[str, Any]:
+    """What each target says about itself (``/readyz`` and ``/v1/models``), for run.json."""
+    info: dict[str, Any] = {}
+    with httpx.Client(timeout=timeout_s, trust_env=False) as client:
+        for tier, url in targets.items():
+            entry: dict[str, Any] = {"url": url}
+            try:
+                entry["ready"] = client.get(f"{url}/readyz").status_code == 200
+                models = client.get(f"{url}/v1/models")
+                if models.status_code == 200:
+                    entry["models"] = models.json()
+            except httpx.HTTPError as exc:
+                entry["ready"] = False
+                entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
+            info[tier] = entry
+    return info
+
+
+def default_run_dir(name: str, root: str | Path = "runs") -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Path(root) / f"{stamp}-{name}"
+
+
+def prepare_run_dir(out_dir: str | Path | None, name: str) -> Path:
+    """Create the run directory; raise ValueError naming it when it cannot be written."""
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(name)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {run_dir}: cannot write a run directory there "
+                         f"({exc.strerror or exc})") from None
+    return run_dir
+
+
+def _write_json(path: Path, info: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def write_run_dir(
+    run_dir: str | Path,
+    records: pd.DataFrame,
+    summary: pd.DataFrame,
+    run_info: dict[str, Any],
+    *,
+    plots: bool = True,
+) -> Path:
+    """Write summary.csv, run.json and plots/ (records.csv is written during the run)."""
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    write_summary(summary, d / "summary.csv")
+    _write_json(d / "run.json", run_info)
+    if plots and len(records):
+        from orchestrator.plots import plot_run  # lazy: matplotlib is slow to import
+
+        plot_run(records, summary, d / "plots", title=str(run_info.get("name", "")))
+    return d
+
+
+_NO_ENERGY = EnergyBreakdown(0.0, 0.0, 0.0)
+
+
+def _fill_unsent(exp_labels: Sequence[str], requests: Sequence[Any], passes: list[PassStats],
+                 sink: Callable[[dict[str, Any], Sequence[Attempt]], None]) -> int:
+    """Record every request of every pass that was never sent as ``not_sent``; returns how many."""
+    done = {p.policy: p.recorded_ids for p in passes}
+    n = 0
+    for label in exp_labels:
+        recorded = done.get(label, set())
+        for req in requests:
+            if req.id in recorded:
+                continue
+            row = make_record(request=req, policy=label, attempts=[], accepted=None,
+                              energy=_NO_ENERGY, elapsed_ms=math.nan, send_lag_ms=math.nan,
+                              intended_send_s=math.nan, actual_send_s=math.nan,
+                              outcome="not_sent")
+            row["error"] = "the run was stopped before this request was sent"
+            sink(row, [])
+            n += 1
+    return n
+
+
+async def arun_experiment(
+    experiment: Experiment | Mapping[str, Any] | str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    targets: Mapping[str, str] | None = None,
+    direct_targets: Mapping[str, str] | None = None,
+    controller: StackController | None = None,
+    run_info: dict[str, Any] | None = None,
+    eval_set: EvalSet | None = None,
+    plots: bool = True,
+    metrics: OrchestratorMetrics | None = None,
+    metrics_port: int | None = None,
+    probe: bool = True,
+    log: Callable[[str], None] | None = None,
+    observe: Callable[[], dict[str, Any]] | None = None,
+) -> RunResult:
+    """Replay the experiment's workload through each policy; write and return the results.
+
+    ``targets``: tier name → URL the requests use (through the links); default
+    ``DEFAULT_TARGETS``. ``direct_targets``: the same tiers without links, for the host-overhead
+    calibration (``replay.host_lead: auto``). ``controller`` applies the scenario's node and link
+    actions. ``run_info`` is merged into run.json. ``metrics`` lets a caller pass its own
+    registry/server; else one is served on ``metrics_port`` when given (0 = any free port).
+    ``probe=False`` skips asking each target for ``/readyz`` and ``/v1/models`` first.
+    ``observe()`` (blocking) is called at the start of every pass and at the end of the run; its
+    answers go to run.json (``observed``): the stack records its links' counters there, so each
+    pass's link draws can be told apart (``bench/bench_seed_agreement.py`` uses them).
+    """
+    exp = as_experiment(experiment)
+    urls = normalise_targets({k.lower(): v for k, v in (targets or DEFAULT_TARGETS).items()})
+    direct = normalise_targets(dict(direct_targets)) if direct_targets else {}
+    node_actions = [e for e in exp.scenario if e.action != "arrival_rate"]
+    if node_actions and controller is None:
+        raise ValueError("scenario: node and link actions need a stack this run controls "
+                         "(edgebed demo, or edgebed run against a stack from edgebed up)")
+    run_dir = prepare_run_dir(out_dir, exp.name)
+    labels = exp.policy_labels()
+    requests = generate_workload(exp.workload, exp.seeds, eval_set)
+    schedule = apply_rate_steps(
+        make_schedule(exp.arrival.process, len(requests), exp.seeds.arrivals, exp.arrival.params),
+        exp.scenario)
+    passes = [
+        Pass(label, make_policy(p.name, p.params),
+             make_energy_model(exp.energy.model, exp.energy.params),  # fresh state per pass
+             LatencyPredictor(device_ms=exp.device_latency_ms(), rtt_ms=exp.rtt_mean_ms(),
+                              ewma_alpha=exp.predictor.ewma_alpha))
+        for label, p in zip(labels, exp.policies, strict=True)
+    ]
+
+    own_metrics = metrics is None
+    m = metrics if metrics is not None else OrchestratorMetrics()
+    for run in passes:
+        m.init_labels(run.label, run.policy.routes())
+    port = m.serve(metrics_port) if own_metrics and metrics_port is not None else None
+
+    loop = asyncio.get_running_loop()
+    started = dt.datetime.now(dt.UTC)
+    info: dict[str, Any] = {
+        "name": exp.name,
+        "state": "running",
+        "started_utc": started.isoformat(),
+        "experiment_source": exp.source,
+        "config": exp.model_dump(mode="json"),
+        "seeds": exp.seeds.model_dump(),
+        "n_requests": len(requests),
+        "policies": labels,
+        "targets": urls,
+        "versions": _versions(),
+        "tiers": (await loop.run_in_executor(None, probe_tiers, urls)) if probe
+        else "not probed",
+        "metrics_port": port,
+        "emulated": {
+            "device_time": "tiers in profile mode hold requests for a modelled device latency",
+            "energy": f"device energy model {exp.energy.model!r} and the tiers' power models: "
+                      "modelled, not measured",
+            "lm": "SLM/LLM endpoints are stubs; LM quality and confidence are drawn from the "
+                  "simulator's tables",
+        },
+        **(run_info or {}),
+    }
+    _write_json(run_dir / "run.json", info)
+    writer = RecordWriter(run_dir / "records.csv")
+
+    def sink(row: dict[str, Any], attempts: Sequence[Attempt]) -> None:
+        writer.write(row)
+        m.observe_record(row, attempts)
+
+    host_lead_notes: dict[str, str] = {}
+    observed: dict[str, Any] = {}
+
+    async def mark(key: str) -> None:
+        if observe is not None:
+            try:
+                observed[key] = await loop.run_in_executor(None, observe)
+            except Exception as exc:  # an observer must not cost the run
+                observed[key] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    async def before_pass(label: str) -> dict[str, float]:
+        if controller is not None and exp.scenario:
+            reset_notes = await loop.run_in_executor(None, controller.reset)
+            if reset_notes and log is not None:
+                log(f"{label}: scenario reset: " + "; ".join(reset_notes))
+        lead = exp.replay.host_lead
+        leads: dict[str, float] = {}
+        if lead == "auto" and not direct:
+            host_lead_notes["all"] = "off: the run does not know the tiers' direct URLs"
+        elif lead == "auto":
+            leads, notes = await host_leads_ms(direct)
+            host_lead_notes.update(notes)
+        elif lead != "off":
+            leads = {tier: float(lead) for tier in urls}
+        await mark(f"start {label}")
+        return leads
+
+    def on_event(ev: AppliedEvent) -> None:
+        m.observe_event(ev.policy, ev.action, ev.target, ev.ok)
+        if log is not None:
+            state = "ok" if ev.ok else "FAILED"
+            log(f"scenario {ev.policy} t={ev.applied_s:.1f}s: {ev.action} {ev.target} "
+                f"{state}: {ev.note}")
+
+    passes_done: list[PassStats] = []
+    events: list[AppliedEvent] = []
+    interrupted = False
+    t0 = time.perf_counter()
+    try:
+        await replay(
+            requests, schedule, passes, targets=urls, settings=exp.replay, sinks=[sink],
+            results=passes_done, before_pass=before_pass, scenario=exp.scenario,
+            controller=controller, event_log=events, on_event=on_event,
+        )
+    except asyncio.CancelledError:
+        interrupted = True
+    finally:
+        await mark("end")
+        n_unsent = _fill_unsent(labels, requests, passes_done, sink)
+        writer.close()
+        if controller is not None and exp.scenario:
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(None, controller.reset)
+        if own_metrics:
+            m.stop()
+    records = records_frame(writer.rows)
+    summary = summarize(records)
+    info.update(
+        {
+            "state": "interrupted" if interrupted else "finished",
+            "finished_utc": dt.datetime.now(dt.UTC).isoformat(),
+            "duration_s": time.perf_counter() - t0,
+            "interrupted": interrupted,
+            "n_records": len(records),
+            "n_not_sent": n_unsent,
+            "host_lead": {"setting": exp.replay.host_lead, "notes": host_lead_notes},
+            "passes": [
+                {
+                    "policy": p.policy,
+                    "n_planned": p.n_planned,
+                    "n_recorded": p.n_recorded,
+                    "duration_s": p.duration_s,
+                    "interrupted": p.interrupted,
+                    "host_lead_ms": p.host_leads_ms,
+                    **p.lag_summary(),
+                }
+                for p in passes_done
+            ],
+            "scenario_events": [e.as_dict() for e in events],
+            "observed": observed,
+        }
+    )
+    write_run_dir(run_dir, records, summary, info, plots=plots)
+    return RunResult(records, summary, run_dir, passes_done, interrupted, port, events)
+
+
+def run_experiment(
+    experiment: Experiment | Mapping[str, Any] | str | Path,
+    out_dir: str | Path | None = None,
+    **kwargs: Any,
+) -> RunResult:
+    """Blocking form of :func:`arun_experiment`. Ctrl-C ends the run with everything recorded
+    (``RunResult.interrupted``). Called while an event loop runs in this thread (a notebook),
+    the run goes to a worker thread with its own loop (interrupt the kernel there to stop it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(arun_experiment(experiment, out_dir, **kwargs))
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="edgebed-run") as pool:
+        return pool.submit(
+            lambda: asyncio.run(arun_experiment(experiment, out_dir, **kwargs))).result()
