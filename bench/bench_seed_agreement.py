@@ -55,6 +55,11 @@ def analyse(exp, run_dir: Path) -> list[dict]:  # type: ignore[no-untyped-def]
     for policy, (link, tier, model) in POLICY_LINK.items():
         recs = records[records["policy"] == policy].sort_values("actual_send_s")
         start = int(info["observed"][f"start {policy}"][link]["up"]["chunks"])
+        for way in ("up", "down"):
+            used = (int(info["observed"][f"end {policy}"][link][way]["chunks"])
+                    - int(info["observed"][f"start {policy}"][link][way]["chunks"]))
+            if used != len(recs):  # the draw reconstruction assumes one chunk per request
+                print(f"warning: {policy} {link} {way}: {used} chunks for {len(recs)} requests")
         draws = draws_ms(exp, link, start, len(recs))
         recs = recs.assign(draw_ms=draws)
         cv = recs[recs["type"] == "cv"]

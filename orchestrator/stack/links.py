@@ -83,12 +83,12 @@ def plan_links(
     if backend == "none":
         return LinkPlan("none", "link_backend none: links ignored, tiers reached directly")
     if backend == "proxy":
-        reason = "proxy (userspace link proxy on loopback; requested)"
+        reason = "userspace link proxy on loopback (requested)"
     else:  # auto | tc
         reason = (
-            f"proxy (link_backend {backend} asked; the local stack runs every tier on loopback "
-            "in this network namespace, where kernel shaping would hit all loopback traffic — "
-            "use the compose stack for tc netem)"
+            f"userspace link proxy on loopback (link_backend {backend} asked; the local stack "
+            "runs every tier on loopback in this network namespace, where kernel shaping would "
+            "hit all loopback traffic — use the compose stack for tc netem)"
         )
     planned: list[PlannedLink] = []
     for name, spec in exp.links.items():
