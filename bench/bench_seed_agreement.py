@@ -5,8 +5,9 @@ local stack (tiers, link proxy) and compares each policy's mean CV latency with 
 simulator gives *for the same RTT draws*: device latency + the RTT the link drew for that very
 request. The draws are recovered exactly: each link draws one value per chunk from its seeded
 generator (``netem.proxy.LinkRuntime``), every request is one uplink chunk, and run.json holds
-the link's chunk counter at the start of each pass, so the k-th request of a pass on a link got
-that link's (start + k)-th draw. The law's mean (device + 10 or 75 ms) is printed beside it.
+the link's message counter at the start of each pass (the proxy draws once per message: chunks
+closer than 2 ms share a draw), so the k-th request of a pass on a link got that link's
+(start + k)-th draw in each direction. The law's mean (device + 10 or 75 ms) is printed beside it.
 Target (issue 11): within 2 %.
 
     python bench/bench_seed_agreement.py [--n 200] [--runs 1] [--host-lead auto|off]
@@ -32,19 +33,21 @@ from orchestrator.records import read_records  # noqa: E402
 from orchestrator.stack import manager  # noqa: E402
 from orchestrator.stack.demo import run_on_stack  # noqa: E402
 
-POLICY_LINK = {"always_edge": ("device-edge", "EDGE", "fp32"),
-               "always_cloud": ("device-cloud", "CLOUD", "fp32")}
+POLICY_LINK = {"always_edge": ("device-edge", "edge", "fp32"),
+               "always_cloud": ("device-cloud", "cloud", "fp32")}
 
 
-def draws_ms(exp, link: str, start: int, count: int) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """The link's draws number start+1 .. start+count, as its proxy drew them."""
+def draws_ms(exp, link: str, start: dict[str, int], count: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Per request, the link's up draw number start["up"]+k plus its down draw number
+    start["down"]+k, as its proxy drew them (no loss configured: one value per draw)."""
     spec = exp.links[link]
     runtime = LinkRuntime(link, spec, LinkMetrics(), exp.seeds.links)
-    rng = runtime.rng["up"]
-    out = [spec.up.sample_ms(rng) for _ in range(start + count)]
-    down_rng = runtime.rng["down"]
-    down = [spec.down.sample_ms(down_rng) for _ in range(start + count)]
-    return np.asarray(out[start:]) + np.asarray(down[start:])
+    total = np.zeros(count)
+    for way in ("up", "down"):
+        law, rng = getattr(spec, way), runtime.rng[way]
+        seq = [law.sample_base_ms(rng) for _ in range(start[way] + count)]
+        total += np.asarray(seq[start[way]:])
+    return total
 
 
 def analyse(exp, run_dir: Path) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -54,12 +57,15 @@ def analyse(exp, run_dir: Path) -> list[dict]:  # type: ignore[no-untyped-def]
     rows = []
     for policy, (link, tier, model) in POLICY_LINK.items():
         recs = records[records["policy"] == policy].sort_values("actual_send_s")
-        start = int(info["observed"][f"start {policy}"][link]["up"]["chunks"])
+        obs = info["observed"]  # counters at each pass's start, then at the run's "end"
+        marks = list(obs)
+        begin = obs[f"start {policy}"]
+        finish = obs[marks[marks.index(f"start {policy}") + 1]]
+        start = {way: int(begin[link][way]["messages"]) for way in ("up", "down")}
         for way in ("up", "down"):
-            used = (int(info["observed"][f"end {policy}"][link][way]["chunks"])
-                    - int(info["observed"][f"start {policy}"][link][way]["chunks"]))
-            if used != len(recs):  # the draw reconstruction assumes one chunk per request
-                print(f"warning: {policy} {link} {way}: {used} chunks for {len(recs)} requests")
+            used = int(finish[link][way]["messages"]) - start[way]
+            if used != len(recs):  # the reconstruction needs one message per request and way
+                print(f"warning: {policy} {link} {way}: {used} messages for {len(recs)} requests")
         draws = draws_ms(exp, link, start, len(recs))
         recs = recs.assign(draw_ms=draws)
         cv = recs[recs["type"] == "cv"]

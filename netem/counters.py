@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 DIRECTIONS = ("up", "down")
 CHUNKS = "edgebed_link_chunks_total"
 DRAWN = "edgebed_link_drawn_delay_seconds_total"
+MESSAGES = "edgebed_link_messages_total"
 
 
 def parse_link_counters(text: str, link: str) -> dict[str, dict[str, float]]:

@@ -26,12 +26,16 @@ class LinkMetrics:
         self.chunks = Counter("edgebed_link_chunks_total",
                               "Chunks (reads, split to segments when rate-limited) forwarded",
                               ["link", "direction"], registry=r)
+        self.messages = Counter("edgebed_link_messages_total",
+                                "Messages (chunks closer than 2 ms to the previous one share a "
+                                "message) that drew a delay", ["link", "direction"], registry=r)
         self.drops = Counter("edgebed_link_drops_total",
                              "Emulated losses: chunks that paid the RTO penalty",
                              ["link", "direction"], registry=r)
         self.drawn = Counter("edgebed_link_drawn_delay_seconds_total",
-                             "Sum of the delays drawn from the configured law per chunk (loss "
-                             "penalties included; before queueing and timer error)",
+                             "Sum of the delays drawn from the configured law per message "
+                             "(loss penalties per chunk included; before queueing and timer "
+                             "error)",
                              ["link", "direction"], registry=r)
         self.delay = Histogram("edgebed_link_delay_seconds",
                                "Delay applied per chunk (arrival to release, queueing included)",
@@ -64,7 +68,8 @@ class LinkMetrics:
 
     def init_link(self, name: str, spec: LinkSpec) -> None:
         for d in DIRECTIONS:
-            for m in (self.bytes, self.chunks, self.drops, self.drawn, self.delay):
+            for m in (self.bytes, self.chunks, self.messages, self.drops, self.drawn,
+                      self.delay):
                 m.labels(name, d)
         self.connections.labels(name)
         self.open_connections.labels(name)

@@ -3,7 +3,12 @@
 Per connection and per direction (``up`` = client -> target, ``down`` = target -> client), each
 chunk read from one socket is released to the other at::
 
-    ready   = arrival + draw            # draw from the direction's delay law (netem.spec)
+    ready   = arrival + draw            # draw from the direction's delay law (netem.spec), one
+                                        # per message: a chunk that arrives within
+                                        # MESSAGE_GAP_S of the previous one (an HTTP head and
+                                        # its body, a rate-limited chunk's segments) shares its
+                                        # draw, so a message split in two does not pay the
+                                        # larger of two draws
     release = max(previous release, ready) + len(chunk) / rate   # never reordered; rate: FIFO
                                                                   # serialiser (token bucket with
                                                                   # no burst), chunks split to
@@ -74,6 +79,7 @@ __all__ = ["LinkProxySet", "create_control_app", "link_view", "merge_spec", "pro
 HIGH_WATER_BYTES = 4 * 1024 * 1024
 LOW_WATER_BYTES = 1024 * 1024
 MIN_SEGMENT_BYTES = 1448
+MESSAGE_GAP_S = 0.002  # chunks closer than this belong to one message: one delay draw
 EARLY_S = 20e-6  # release a chunk this close to its time without another timer round
 MAX_LEAD_S = 300e-6  # at most this much wake-up lag is compensated
 LEAD_GAIN = 0.05
@@ -249,10 +255,13 @@ class _Pipe:
         self.m_chunks = m.chunks.labels(self.link.name, direction)
         self.m_drops = m.drops.labels(self.link.name, direction)
         self.m_drawn = m.drawn.labels(self.link.name, direction)
+        self.m_messages = m.messages.labels(self.link.name, direction)
         self.m_delay = m.delay.labels(self.link.name, direction)
         self.queue: collections.deque[tuple[float, bytes, float]] = collections.deque()
         self.queued_bytes = 0
         self.last_release = 0.0
+        self.last_arrival = -1.0  # when the previous chunk arrived, and the draw it got
+        self.last_draw_ms = 0.0
         self.armed_for: float | None = None
         self.src: _Side | None = None  # the side this direction reads from
         self.dst: asyncio.Transport | None = None
@@ -290,13 +299,18 @@ class _Pipe:
         rng = self.link.rng[self.direction]
         rate = spec.rate_bytes_per_s
         seg = n if rate is None else max(MIN_SEGMENT_BYTES, int(rate * 0.001))
+        if now - self.last_arrival >= MESSAGE_GAP_S:  # a new message: a new draw
+            self.last_draw_ms = spec.sample_base_ms(rng)
+            self.m_messages.inc()
+            self.m_drawn.inc(self.last_draw_ms / 1000.0)
+        self.last_arrival = now
         for off in range(0, n, seg):
             part = data[off:off + seg] if seg < n else data
-            draw_ms = spec.sample_base_ms(rng)
+            draw_ms = self.last_draw_ms
             if spec.loss_pct and rng.random() < spec.loss_ratio:
                 draw_ms += spec.loss_rto_ms
                 self.m_drops.inc()
-            self.m_drawn.inc(draw_ms / 1000.0)
+                self.m_drawn.inc(spec.loss_rto_ms / 1000.0)
             release = max(now + draw_ms / 1000.0, self.last_release)
             if rate is not None:
                 release += len(part) / rate

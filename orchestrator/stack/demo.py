@@ -43,9 +43,10 @@ def link_views(state: StackState) -> dict[str, Any]:
 
 
 def link_counters(state: StackState) -> dict[str, Any]:
-    """Chunks forwarded and delay drawn so far, per link and direction (the proxy's counters):
-    recorded at every pass start so each pass's draws can be recovered."""
-    from netem.counters import CHUNKS, DRAWN, parse_link_counters
+    """Chunks forwarded, messages (one delay draw each) and delay drawn so far, per link and
+    direction (the proxy's counters): recorded at every pass start so each pass's draws can be
+    recovered."""
+    from netem.counters import CHUNKS, DRAWN, MESSAGES, parse_link_counters
 
     control = state.link_control_urls.get("links")
     if not control:
@@ -56,7 +57,8 @@ def link_counters(state: StackState) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for link in state_links(state):
         per = parse_link_counters(text, link)
-        out[link] = {d: {"chunks": v.get(CHUNKS, 0.0), "drawn_s": v.get(DRAWN, 0.0)}
+        out[link] = {d: {"chunks": v.get(CHUNKS, 0.0), "messages": v.get(MESSAGES, 0.0),
+                         "drawn_s": v.get(DRAWN, 0.0)}
                      for d, v in per.items()}
     return out
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -412,3 +413,43 @@ def test_cut_link_holds_everything_until_healed() -> None:
         writer.close()
 
     run(_with_links({"l": {}}, body))
+
+
+def test_a_message_in_two_chunks_pays_one_draw() -> None:
+    """An HTTP head and its body written back to back share one delay draw: the message is not
+    delayed by the larger of two draws (which would bias every multi-chunk answer upwards).
+    With independent draws from 5..35 ms the second half would trail the first by more than
+    5 ms in about a third of the messages."""
+    n = 20
+
+    def client(addr: tuple[str, int]) -> list[float]:  # blocking, on a thread: the proxy's
+        gaps = []                                     # event loop keeps reading meanwhile
+        with socket.create_connection(addr) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(n):
+                head, tail = b"h" * 200, bytes([i % 250]) * 300
+                sock.sendall(head)
+                t_spin = time.perf_counter() + 1e-3  # 1 ms apart: two reads, one message
+                while time.perf_counter() < t_spin:
+                    pass
+                sock.sendall(tail)
+                got = sock.recv(1)
+                t_first = time.perf_counter()
+                while len(got) < len(head) + len(tail):
+                    got += sock.recv(4096)
+                gaps.append((time.perf_counter() - t_first) * 1e3)
+                assert got == head + tail
+        return gaps
+
+    async def body(proxies: Any, _: str) -> None:
+        gaps = await asyncio.get_running_loop().run_in_executor(
+            None, client, proxies.address("jittery"))
+        messages = _sample(proxies, "edgebed_link_messages_total", link="jittery", direction="up")
+        chunks = _sample(proxies, "edgebed_link_chunks_total", link="jittery", direction="up")
+        print(f"{n} messages: {chunks:.0f} chunks, {messages:.0f} draws; head-to-tail gap "
+              f"median {np.median(gaps):.2f} ms, max {max(gaps):.2f} ms")
+        assert n <= messages <= n + 2 and chunks > messages, (messages, chunks)
+        assert max(gaps) < 5.0, gaps
+
+    run(_with_links({"jittery": {"up": {"delay_ms": 20, "jitter_ms": 15,
+                                        "distribution": "uniform"}}}, body))
