@@ -77,15 +77,18 @@ def _document_served_models(app: FastAPI, cfg: TierConfig) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         doc = build()
+        # a tier without vision (or LM) models leaves that schema open: every name is a 404
+        # (an empty enum would be a schema nothing satisfies)
         vision, lms = sorted(cfg.models), sorted(cfg.lm)
         op = doc["paths"]["/v1/infer"]["post"]
-        for param in op.get("parameters", []):
-            if param["name"] == "model":
-                param["schema"] = {"type": "string", "enum": vision}
-        body = op["requestBody"]["content"]["application/json"]["schema"]
-        body["properties"]["model"]["enum"] = vision
+        if vision:
+            for param in op.get("parameters", []):
+                if param["name"] == "model":
+                    param["schema"] = {"type": "string", "enum": vision}
+            body = op["requestBody"]["content"]["application/json"]["schema"]
+            body["properties"]["model"]["enum"] = vision
         gen = doc["components"]["schemas"].get("GenerateRequest")
-        if gen is not None:
+        if gen is not None and lms:
             gen["properties"]["model"]["enum"] = lms
         app.openapi_schema = doc
         return doc

@@ -1,4 +1,5 @@
-"""``edgebed serve``: run one tier (MCU, EDGE, CLOUD or a config file) as an HTTP server."""
+"""``edgebed serve``: run one tier node (named ``--tier``, of hardware class ``--class``) as an HTTP
+server."""
 
 from __future__ import annotations
 
@@ -25,8 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--tier", help="built-in tier config: mcu, edge or cloud (or set tier: in --config)"
+        "--tier",
+        help="node name (answers, metric labels); a class name (mcu, edge, cloud, gpu, npu) serves "
+        "that class's defaults (or set tier: in --config)",
     )
+    p.add_argument(
+        "--class", dest="node_class", metavar="CLASS",
+        help="hardware class whose defaults the node starts from (services/<class>/tier.yaml): "
+        "mcu, edge, cloud, gpu or npu; default: the node name when it is a class (or set class: "
+        "in --config)",
+    )  # fmt: skip
     p.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})"
     )
@@ -67,7 +76,11 @@ def serve(args: argparse.Namespace) -> int:
         # The flag applies to every vision model, overriding per-model device_time settings.
         overrides["_all_models_device_time"] = args.device_time
     try:
-        cfg = load_tier_config(args.tier, args.config, _expand(overrides, args.tier, args.config))
+        node_class = getattr(args, "node_class", None)
+        cfg = load_tier_config(
+            args.tier, args.config, _expand(overrides, args.tier, args.config, node_class),
+            node_class=node_class,
+        )  # fmt: skip
         app = create_app(cfg)
     except TierConfigError as exc:
         print(f"edgebed serve: {exc}", file=sys.stderr)
@@ -99,14 +112,16 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _expand(overrides: dict[str, Any], tier: str | None, config: str | None) -> dict[str, Any]:
+def _expand(
+    overrides: dict[str, Any], tier: str | None, config: str | None, node_class: str | None = None
+) -> dict[str, Any]:
     """Turn the --device-time flag into per-model overrides (it beats per-model settings)."""
     mode = overrides.pop("_all_models_device_time", None)
     if mode is None:
         return overrides
     from services.tier.config import load_tier_config
 
-    base = load_tier_config(tier, config)
+    base = load_tier_config(tier, config, node_class=node_class)
     overrides["models"] = {name: {"device_time": mode} for name in base.models}
     return overrides
 

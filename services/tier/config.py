@@ -1,14 +1,20 @@
-"""A tier's configuration as one typed settings object, loaded from YAML + environment + overrides.
+"""A tier node's configuration as one typed settings object, loaded from YAML + environment +
+overrides.
 
-Precedence (lowest first): the built-in ``services/<tier>/tier.yaml``, a user YAML file
-(``--config``), environment variables ``EDGEBED_TIER_<KEY>`` (nested keys joined with ``__``,
-e.g. ``EDGEBED_TIER_MODELS__INT8__LATENCY_MS=30``), explicit overrides (CLI flags). Unset
-device latencies, energy factor and LM token profiles default to the teaching simulator's table.
+A node has a name (``tier``: reported in answers and metric labels) and a hardware class
+(``class``, from :mod:`services.tier.classes`). Precedence (lowest first): the class defaults
+``services/<class>/tier.yaml``, a user YAML file (``--config``), environment variables
+``EDGEBED_TIER_<KEY>`` (nested keys joined with ``__``, e.g.
+``EDGEBED_TIER_MODELS__INT8__LATENCY_MS=30``), explicit overrides (CLI flags). Unset device
+latencies, energy factor and LM token profiles default to the teaching simulator's table for the
+node's class.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,7 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from services.tier import simulator
+from common.validation import problems
+from services.tier import classes, simulator
 
 SERVICES_DIR = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "EDGEBED_TIER_"
@@ -28,6 +35,13 @@ OnDisconnect = Literal["finish", "abort"]
 
 class TierConfigError(ValueError):
     """A tier configuration is invalid; the message names the key and the allowed range."""
+
+
+def _class_required(name: str) -> str:
+    return (
+        f"class: required for node {name!r}, whose name is not a class (--class CLASS, or "
+        f"'class:' in the config file); must be one of {classes.allowed_text()}"
+    )
 
 
 # --- jitter distributions: a small registry keyed by the ``dist`` name used in config files ---
@@ -96,6 +110,26 @@ Jitter = Annotated[NormalJitter | UniformJitter | ExponentialJitter, Field(discr
 # --- per-model and per-tier settings ---
 
 
+class BatchingConfig(BaseModel):
+    """Dynamic batching of one model (class ``gpu``), as NVIDIA Triton's dynamic batcher does: a
+    batch forms when ``max_batch`` requests wait or the oldest has waited ``max_queue_delay_ms``;
+    a batch of k requests takes ``base_ms + per_item_ms × k`` of device time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch: int = Field(8, ge=1, le=1024, description="largest batch (Triton max_batch_size)")
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, le=60_000,
+        description="longest a request waits for others to join its batch (Triton "
+        "max_queue_delay_microseconds, here in ms; 0: no waiting)",
+    )  # fmt: skip
+    base_ms: float = Field(ge=0, le=600_000, description="device time of a batch, fixed part")
+    per_item_ms: float = Field(ge=0, le=600_000, description="device time per request in a batch")
+
+    def batch_ms(self, size: int) -> float:
+        return self.base_ms + self.per_item_ms * size
+
+
 class VisionModelConfig(BaseModel):
     """A LiteRT model served by the tier and its emulated device profile."""
 
@@ -109,6 +143,9 @@ class VisionModelConfig(BaseModel):
     )
     jitter: Jitter | None = None
     device_time: DeviceTime | None = Field(None, description="overrides the tier's device_time")
+    batching: BatchingConfig | None = Field(
+        None, description="dynamic batching (class gpu only); device time per batch, not per request"
+    )
 
 
 class LMConfig(BaseModel):
@@ -134,11 +171,20 @@ class PowerModel(BaseModel):
 
 
 class TierConfig(BaseSettings):
-    """Everything that makes one tier (MCU, EDGE, CLOUD, or your own) behave like its device."""
+    """Everything that makes one tier node (``tier``: its name) behave like its device (``class``:
+    its hardware class, which gives the defaults)."""
 
-    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(
+        extra="forbid", validate_default=True,
+        validate_by_alias=True, validate_by_name=True, serialize_by_alias=True,
+    )  # fmt: skip
 
     tier: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    node_class: str | None = Field(
+        None, alias="class",
+        description="hardware class (services/tier/classes.py); default: the node's name when that "
+        "is a class",
+    )  # fmt: skip
     device_time: DeviceTime = "profile"
     concurrency: int = Field(1, ge=1, le=256, description="requests in service at once")
     queue_limit: int = Field(16, ge=0, le=100_000, description="requests allowed to wait")
@@ -178,9 +224,22 @@ class TierConfig(BaseSettings):
         # Construction is explicit; load_tier_config layers files, env and overrides itself.
         return (init_settings,)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _class_first(cls, data: Any) -> Any:
+        """A missing or unknown class is the one error reported: every default comes from it."""
+        if isinstance(data, dict):
+            value = data.get("class", data.get("node_class"))
+            if value is not None:
+                classes.node_class(value)  # NodeClassError (a ValueError) names the allowed values
+            elif isinstance(data.get("tier"), str) and data["tier"] not in classes.CLASSES:
+                raise ValueError(_class_required(data["tier"]))
+        return data
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> TierConfig:
-        table = simulator.MODEL_LATENCY_MS.get(self.tier, {})
+        cls = self._resolve_class()
+        table = simulator.MODEL_LATENCY_MS.get(cls.name, {})
         if not self.models and not self.lm:
             raise ValueError("models: a tier must serve at least one model (models or lm)")
         for name, m in self.models.items():
@@ -192,15 +251,24 @@ class TierConfig(BaseSettings):
                 )
             if m.file is None:
                 m.file = f"{name}.tflite"
+            if m.batching is not None:
+                self._check_batching(cls, name, m)
             if m.latency_ms is None:
                 if name not in table:
                     raise ValueError(
-                        f"models.{name}.latency_ms: required (no simulator default for "
-                        f"{self.tier}/{name})"
+                        f"models.{name}.latency_ms: required (no simulator default for class "
+                        f"{cls.name}, model {name})"
                     )
                 m.latency_ms = table[name]
             if m.device_time is None:
                 m.device_time = self.device_time
+        if cls.int8_only:
+            self._check_int8(cls)
+        if self.lm and not cls.lm:
+            raise ValueError(
+                f"lm: class {cls.name} serves no language model, got {sorted(self.lm)}; remove "
+                f"lm, or use a class that does ({', '.join(classes.lm_classes())})"
+            )
         for name, lm in self.lm.items():
             if name not in simulator.LM_MODELS:
                 raise ValueError(
@@ -211,26 +279,97 @@ class TierConfig(BaseSettings):
                     f"lm.{name}.long_tokens must be > short_tokens, got {lm.long_tokens}"
                 )
             if lm.ttft_ms is None or lm.tpot_ms is None:
-                if self.tier not in simulator.LM_EXTRA_MS:
-                    raise ValueError(f"lm.{name}.ttft_ms/tpot_ms: required for tier {self.tier!r}")
-                ttft_ms, tpot_ms = simulator.lm_token_profile(self.tier, name)
+                if cls.name not in simulator.LM_EXTRA_MS:
+                    raise ValueError(
+                        f"lm.{name}.ttft_ms/tpot_ms: required for class {cls.name} (no simulator "
+                        "default)"
+                    )
+                ttft_ms, tpot_ms = simulator.lm_token_profile(cls.name, name)
                 lm.ttft_ms = ttft_ms if lm.ttft_ms is None else lm.ttft_ms
                 lm.tpot_ms = tpot_ms if lm.tpot_ms is None else lm.tpot_ms
             quality = simulator.LM_QUALITY[name]
             lm.quality_short = quality["short"] if lm.quality_short is None else lm.quality_short
             lm.quality_long = quality["long"] if lm.quality_long is None else lm.quality_long
         if self.energy_factor is None:
-            if self.tier not in simulator.ENERGY_FACTOR:
-                raise ValueError(f"energy_factor: required for tier {self.tier!r}")
-            self.energy_factor = simulator.ENERGY_FACTOR[self.tier]
+            if cls.name not in simulator.ENERGY_FACTOR:
+                raise ValueError(
+                    f"energy_factor: required for class {cls.name} (no simulator default)"
+                )
+            self.energy_factor = simulator.ENERGY_FACTOR[cls.name]
         overlap = set(self.models) & set(self.lm)
         if overlap:
             raise ValueError(f"models/lm: a name cannot be both, got {sorted(overlap)}")
         return self
 
+    def _resolve_class(self) -> classes.NodeClass:
+        """The node's class: ``class`` as given, else its name when that is a class."""
+        if self.node_class is None:
+            if self.tier not in classes.CLASSES:
+                raise ValueError(_class_required(self.tier))
+            self.node_class = self.tier
+        cls = classes.node_class(self.node_class)  # NodeClassError is a ValueError
+        return cls
+
+    def _check_batching(self, cls: classes.NodeClass, name: str, m: VisionModelConfig) -> None:
+        assert m.batching is not None
+        if not cls.batching:
+            raise ValueError(
+                f"models.{name}.batching: dynamic batching needs a class that batches "
+                f"({', '.join(classes.batching_classes())}); node {self.tier} is class "
+                f"{cls.name}; remove batching, or give the node one of those classes"
+            )
+        one = m.batching.batch_ms(1)
+        if m.latency_ms is None:
+            m.latency_ms = one  # the device time of a batch of one (predictors, /v1/models)
+        elif abs(m.latency_ms - one) > 1e-9:
+            raise ValueError(
+                f"models.{name}.latency_ms: with batching the device time is batching.base_ms + "
+                f"k × batching.per_item_ms (a batch of one: {one:g} ms), got {m.latency_ms:g}; "
+                "leave latency_ms unset, or remove batching (batching: null)"
+            )
+
+    def _check_int8(self, cls: classes.NodeClass) -> None:
+        """An INT8-only class refuses the models its manifest knows to be float (files the
+        manifest does not list are checked when the tier loads them: :meth:`check_files`)."""
+        from models.paths import models_dir
+
+        known = classes.manifest_dtypes(models_dir())
+        allowed = classes.int8_model_names(models_dir())
+        for name, m in self.models.items():
+            dtypes = known.get(str(m.file))
+            if dtypes is not None and not classes.is_full_integer(dtypes):
+                raise ValueError(
+                    f"models.{name}: class {cls.name} runs only full-integer INT8 models; "
+                    f"{m.file} is {dtypes[0]}. Allowed models: {', '.join(allowed) or 'none'} "
+                    f"(remove it: models: {{{name}: null}})"
+                )
+
     @property
     def served_models(self) -> list[str]:
         return [*self.models, *self.lm]
+
+    @property
+    def cls(self) -> classes.NodeClass:
+        return classes.node_class(self.node_class)
+
+    @property
+    def batched_models(self) -> list[str]:
+        return [name for name, m in self.models.items() if m.batching is not None]
+
+    def check_files(self, models_dir: Path) -> None:
+        """Refuse, on an INT8-only class, a model file that is not full-integer INT8 (read from
+        the file itself: covers files the manifest does not list)."""
+        if not self.cls.int8_only:
+            return
+        allowed = classes.int8_model_names(models_dir)
+        for name, m in self.models.items():
+            dtypes = classes.file_dtypes(models_dir / str(m.file))
+            if not classes.is_full_integer(dtypes):
+                raise TierConfigError(
+                    f"models.{name}: class {self.node_class} runs only full-integer INT8 models; "
+                    f"{m.file} has {dtypes[0]} input and {dtypes[1]} output. Allowed models: "
+                    f"{', '.join(allowed) or 'none'}"
+                )
 
     def model_bytes(self, models_dir: Path) -> dict[str, int]:
         """Size of each served LiteRT file (raises TierConfigError naming a missing file)."""
@@ -262,11 +401,12 @@ class TierConfig(BaseSettings):
 
 
 def builtin_config_path(tier: str) -> Path:
-    return SERVICES_DIR / tier / "tier.yaml"
+    """The built-in config of a node named like a class: that class's defaults file."""
+    return SERVICES_DIR / tier / classes.DEFAULTS_FILE
 
 
 def builtin_tiers() -> list[str]:
-    return sorted(p.parent.name for p in SERVICES_DIR.glob("*/tier.yaml"))
+    return classes.class_names()
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -295,19 +435,28 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def env_overrides() -> dict[str, Any]:
+    """``EDGEBED_TIER_*`` variables as a config mapping (``EDGEBED_TIER_CLASS`` is ``class``)."""
     source = EnvSettingsSource(TierConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__")
-    return dict(source())
+    # pydantic-settings reads an aliased field from the bare alias (``CLASS``), not prefixed
+    out = {k: v for k, v in source().items() if k not in ("class", "node_class")}
+    for key, value in os.environ.items():
+        if key.upper() == f"{ENV_PREFIX}CLASS" and value:
+            out["class"] = value
+    return out
+
+
+_ALLOWED_KEYS = re.compile(r"(allowed keys: [^;]*)")
 
 
 def format_validation_error(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        msg = err["msg"].removeprefix("Value error, ")
-        value = err.get("input")
-        got = "" if isinstance(value, dict) or err["type"] == "value_error" else f", got {value!r}"
-        lines.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
-    return "; ".join(lines)
+    """One ``key.path: message`` per problem (``common.validation``: ranges and allowed values)."""
+    lines = problems(exc, TierConfig)
+    # the allowed keys are the config's spelling: ``class``, not the attribute ``node_class``
+    return "; ".join(
+        _ALLOWED_KEYS.sub(lambda m: re.sub(r"\bnode_class\b", "class", m.group(1)), line)
+        .removeprefix("(top level): ")  # the config's own checks name their key themselves
+        for line in lines
+    )
 
 
 def build_tier_config(data: dict[str, Any]) -> TierConfig:
@@ -318,32 +467,68 @@ def build_tier_config(data: dict[str, Any]) -> TierConfig:
         raise TierConfigError(f"invalid tier config: {format_validation_error(exc)}") from None
 
 
+def resolve_class(name: str, *candidates: Any) -> str:
+    """A node's class: the first of ``candidates`` given (CLI, overrides, environment, file),
+    else its name when that is a class. Raises TierConfigError naming ``class`` otherwise."""
+    for value in candidates:
+        if value is not None:
+            try:
+                return classes.node_class(value).name
+            except classes.NodeClassError as exc:
+                raise TierConfigError(str(exc)) from None
+    if name in classes.CLASSES:
+        return name
+    raise TierConfigError(_class_required(name))
+
+
+def node_config_data(name: str, section: dict[str, Any]) -> dict[str, Any]:
+    """A node's config mapping: its class defaults with ``section`` layered on top, ``tier`` set
+    to ``name``. The class is ``section['class']``, else ``name`` when that is a class; without
+    one (or with an unknown one) the section is returned as is, for validation to name ``class``."""
+    value = section.get("class")
+    if value is None and name in classes.CLASSES:
+        value = name
+    try:
+        base = classes.class_defaults(value) if value is not None else {}
+    except classes.NodeClassError:
+        base = {}
+    merged = deep_merge(base, section)
+    merged["tier"] = name
+    if value is not None:
+        merged["class"] = value
+    return merged
+
+
 def load_tier_config(
     tier: str | None = None,
     config_file: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
     *,
     use_env: bool = True,
+    node_class: str | None = None,
 ) -> TierConfig:
-    """Built-in tier YAML ← user file ← environment ← overrides, validated."""
+    """Class defaults ← user file ← environment ← overrides, validated. ``tier`` is the node's
+    name; ``node_class`` (``--class``) its class, which may also come from the overrides, the
+    environment or the file, and defaults to the name when the name is a class."""
     user = read_yaml(Path(config_file)) if config_file else {}
-    name = tier or user.get("tier") or (overrides or {}).get("tier")
+    env = env_overrides() if use_env else {}
+    overrides = overrides or {}
+    name = tier or user.get("tier") or overrides.get("tier")
     if not name:
         raise TierConfigError(
-            "tier: required (--tier mcu|edge|cloud, or 'tier:' in the config file)"
+            "tier: required (--tier NAME, or 'tier:' in the config file)"
         )
-    data: dict[str, Any] = {}
-    builtin = builtin_config_path(str(name))
-    if builtin.is_file():
-        data = read_yaml(builtin)
-    elif not config_file:
-        raise TierConfigError(
-            f"tier: no built-in config for {name!r} (built-in: {', '.join(builtin_tiers())}); "
-            "pass --config FILE"
-        )
+    name = str(name)
+    cls = resolve_class(
+        name, node_class, overrides.get("class"), env.get("class"), user.get("class")
+    )
+    try:
+        data = classes.class_defaults(cls)
+    except classes.NodeClassError as exc:
+        raise TierConfigError(str(exc)) from None
     data = deep_merge(data, user)
-    if use_env:
-        data = deep_merge(data, env_overrides())
-    data = deep_merge(data, overrides or {})
-    data["tier"] = str(name)
+    data = deep_merge(data, env)
+    data = deep_merge(data, overrides)
+    data["tier"] = name
+    data["class"] = cls
     return build_tier_config(data)

@@ -39,6 +39,7 @@ Grant = tuple[int, float]
 class _Waiter:
     fut: asyncio.Future[Grant]
     device_s: float  # the device time the waiting request expects to take
+    counted: bool = True  # False: a formed batch, whose requests are counted in ``pending``
 
 
 class DeviceSlots:
@@ -55,10 +56,20 @@ class DeviceSlots:
         # the expected end of the request it serves
         self._free_at: list[float] = [0.0] * concurrency
         self._waiters: deque[_Waiter] = deque()
+        self._uncounted = 0  # waiters standing for a batch (not requests)
+        # requests waiting in dynamic batchers (``services.tier.batching``): they wait like the
+        # requests queued here (queue_limit, queue depth) and ``pending_s`` is their expected
+        # device time (Retry-After)
+        self.pending = 0
+        self.pending_s = 0.0
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        """Requests waiting: for a slot, or in a dynamic batcher."""
+        return len(self._waiters) - self._uncounted + self.pending
+
+    def full(self) -> bool:
+        return self.waiting >= self.queue_limit
 
     @property
     def in_service(self) -> int:
@@ -73,14 +84,19 @@ class DeviceSlots:
             return slot, free_at
         return None
 
-    def enqueue(self, device_s: float) -> asyncio.Future[Grant]:
+    def enqueue(self, device_s: float, *, counted: bool = True) -> asyncio.Future[Grant]:
         """Join the wait queue of a request expecting ``device_s`` of device time; the future
         gives the slot once a finishing request hands it over. Raises QueueFull when
-        ``queue_limit`` requests already wait. Leave with :meth:`withdraw`."""
-        if len(self._waiters) >= self.queue_limit:
-            raise QueueFull(len(self._waiters))
+        ``queue_limit`` requests already wait. Leave with :meth:`withdraw`.
+
+        ``counted=False``: a formed batch waiting for a model instance; its requests are already
+        counted as waiting (``pending``), so it is never refused and does not count itself."""
+        if counted and self.full():
+            raise QueueFull(self.waiting)
         fut: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
-        self._waiters.append(_Waiter(fut, device_s))
+        self._waiters.append(_Waiter(fut, device_s, counted))
+        if not counted:
+            self._uncounted += 1
         return fut
 
     def withdraw(self, fut: asyncio.Future[Grant]) -> None:
@@ -93,6 +109,7 @@ class DeviceSlots:
         for w in self._waiters:
             if w.fut is fut:
                 self._waiters.remove(w)
+                self._uncounted -= not w.counted
                 break
         fut.cancel()
 
@@ -119,6 +136,7 @@ class DeviceSlots:
         free_at = time.perf_counter() if nominal_end_s is None else nominal_end_s
         while self._waiters:
             w = self._waiters.popleft()
+            self._uncounted -= not w.counted
             if not w.fut.done():
                 w.fut.set_result((slot, free_at))
                 self._free_at[slot] = free_at + w.device_s
@@ -128,9 +146,10 @@ class DeviceSlots:
 
     def backlog_s(self, now_s: float) -> float:
         """Device time still to serve: what remains of the requests in service (to their
-        nominal ends) plus the expected device time of every waiting request."""
+        nominal ends) plus the expected device time of every waiting request (batch-pending
+        ones included)."""
         remaining = sum(max(0.0, end - now_s) for end in self._free_at)
-        return remaining + sum(w.device_s for w in self._waiters)
+        return remaining + sum(w.device_s for w in self._waiters) + self.pending_s
 
     def retry_after_s(self, now_s: float) -> int:
         """Whole seconds until the backlog is served on ``concurrency`` slots (at least 1)."""

@@ -16,6 +16,7 @@ TIME_BUCKETS_S = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
     0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 60.0,
 )  # fmt: skip
+BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024)
 
 
 class TierMetrics:
@@ -27,6 +28,9 @@ class TierMetrics:
         tier: str,
         models: list[str],
         energy_models: list[str],
+        *,
+        batched_models: list[str] | None = None,
+        node_class: str | None = None,
     ) -> None:
         self.registry = registry
         self.tier = tier
@@ -104,6 +108,19 @@ class TierMetrics:
         self.queue_limit = Gauge(
             "edgebed_tier_queue_limit", "Configured wait-queue bound", ["tier"], registry=registry
         )
+        self.batch_sizes = Histogram(
+            "edgebed_tier_batch_size",
+            "Requests per executed batch of a model with dynamic batching (class gpu)",
+            ["tier", "model"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.class_info = Gauge(
+            "edgebed_tier_class_info", "1 for the node's hardware class", ["tier", "class"],
+            registry=registry,
+        )  # fmt: skip
+        if node_class is not None:
+            self.class_info.labels(tier, node_class).set(1)
 
         self.queue_depth_t = self.queue_depth.labels(tier)
         self.in_service_t = self.in_service.labels(tier)
@@ -125,6 +142,7 @@ class TierMetrics:
             (m, e): self.energy_j.labels(tier, m, e) for m in models for e in energy_models
         }
         self.tokens = {m: self.lm_tokens.labels(tier, m) for m in models}
+        self.batch_size = {m: self.batch_sizes.labels(tier, m) for m in batched_models or ()}
         self.abandoned = {
             (m, a): self.abandoned_total.labels(tier, m, a) for m in models for a in ABANDON_ACTIONS
         }

@@ -142,6 +142,7 @@ def start_tier(
     port: int | None = None,
     *,
     host: str = "127.0.0.1",
+    node_class: str | None = None,
     device_time: str | None = None,
     config_overrides: dict[str, Any] | None = None,
     config_file: str | Path | None = None,
@@ -149,7 +150,8 @@ def start_tier(
     env: dict[str, str] | None = None,
     attempts: int = 3,
 ) -> TierProcess:
-    """Start tier ``tier`` (a built-in name or the ``tier:`` of ``config_file``) and wait for it.
+    """Start the tier node ``tier`` and wait for it. ``node_class`` (``--class``) is its hardware
+    class; without it the class is the ``class:`` of the config, else the node name (a class name).
 
     ``port=None`` picks a free port (retrying on a bind race). ``config_overrides`` is merged
     over the tier's config (``None`` values remove keys, e.g. ``{"models": {"fp32": None}}``).
@@ -176,6 +178,8 @@ def start_tier(
                 "--port", str(use_port)]  # fmt: skip
         if config_path is not None:
             argv += ["--config", str(config_path)]
+        if node_class:
+            argv += ["--class", node_class]
         if device_time:
             argv += ["--device-time", device_time]
         fd, log_name = tempfile.mkstemp(prefix=f"edgebed-{tier}-", suffix=".log")

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from models.paths import models_dir as default_models_dir
 from models.runtime import LiteRTModel
 from services.tier import energy, lm
+from services.tier.batching import BatchResult, ModelBatcher, Pending
 from services.tier.config import TierConfig
 from services.tier.device import DeviceSlots, QueueFull, hold_until, try_realtime_thread
 from services.tier.disconnect import Action, ClientGone, DisconnectWatch
@@ -67,10 +68,12 @@ class TierRuntime:
         self.models_dir = Path(models_dir) if models_dir else default_models_dir()
         # Fail fast (before serving) on missing files and on the memory budget.
         self.model_bytes = cfg.check_memory(self.models_dir)
+        cfg.check_files(self.models_dir)  # e.g. a float model on an INT8-only class
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.metrics = TierMetrics(
-            self.registry, cfg.tier, cfg.served_models, list(energy.ENERGY_MODELS)
-        )
+            self.registry, cfg.tier, cfg.served_models, list(energy.ENERGY_MODELS),
+            batched_models=cfg.batched_models, node_class=str(cfg.node_class),
+        )  # fmt: skip
         self.metrics.memory_budget.labels(cfg.tier).set(cfg.memory_bytes)
         self.metrics.concurrency.labels(cfg.tier).set(cfg.concurrency)
         self.metrics.queue_limit.labels(cfg.tier).set(cfg.queue_limit)
@@ -92,6 +95,12 @@ class TierRuntime:
         self.send_lead_s = 0.0  # EWMA of hold end -> answer written (see observe_send)
         self._holds: set[threading.Event] = set()  # stop events of the holds under way
         self._closing = False
+        # dynamic batchers (class gpu): one per model with ``batching``
+        self.batchers: dict[str, ModelBatcher] = {
+            name: ModelBatcher(self, name, m.batching)
+            for name, m in cfg.models.items()
+            if m.batching is not None
+        }
 
     # --- lifecycle ---
 
@@ -115,6 +124,7 @@ class TierRuntime:
                 "device_time": m.device_time,
                 "latency_ms": m.latency_ms,
                 "jitter": m.jitter.model_dump() if m.jitter else None,
+                "batching": m.batching.model_dump() if m.batching else None,
                 "emulated": m.device_time == "profile",
             }
         for name, lmc in self.cfg.lm.items():
@@ -152,6 +162,8 @@ class TierRuntime:
         self._closing = True
         for stop in list(self._holds):  # end device holds still running
             stop.set()
+        for batcher in self.batchers.values():
+            batcher.close()
         self.ready = False
         self.metrics.ready.labels(self.cfg.tier).set(0)
         for pool in (self.executor, self.compute_executor):
@@ -187,14 +199,7 @@ class TierRuntime:
             try:
                 fut = self.slots.enqueue(device_s)
             except QueueFull:
-                self.metrics.count(model, "queue_full")
-                raise ApiError(
-                    503,
-                    "model",
-                    f"tier {self.cfg.tier} is busy: {self.slots.waiting} requests already wait "
-                    f"(queue_limit {self.cfg.queue_limit}); retry later",
-                    headers={"Retry-After": str(self.retry_after_s())},
-                ) from None
+                raise self._queue_full(model) from None
             self.metrics.queue_depth_t.set(self.slots.waiting)
             try:
                 if (
@@ -219,7 +224,10 @@ class TierRuntime:
     def release(self, adm: Admission, nominal_end_s: float | None) -> None:
         """Give the slot back; the next request starts service at ``nominal_end_s`` (None:
         now, for a request that stopped early)."""
-        self.slots.release(adm.slot, nominal_end_s)
+        self.release_slot(adm.slot, nominal_end_s)
+
+    def release_slot(self, slot: int, nominal_end_s: float | None) -> None:
+        self.slots.release(slot, nominal_end_s)
         self.metrics.in_service_t.set(self.slots.in_service)
         self.metrics.queue_depth_t.set(self.slots.waiting)
 
@@ -304,6 +312,10 @@ class TierRuntime:
         Raises ClientGone when the client went away (see ``on_disconnect``).
         """
         self.check_model(model, "vision")
+        if model in self.batchers:
+            return await self.infer_batched(
+                model, image, request_id, t_arrive, watch=watch, host_lead_ms=host_lead_ms
+            )
         profile = self.cfg.models[model].device_time == "profile"
         adm = await self.admit(model, self.expected_device_s[model], t_arrive, watch)
         t_end: float | None = None
@@ -367,6 +379,84 @@ class TierRuntime:
             "load": self.current_load(),
             "emulated": {"device_time": profile, "energy": True, "lm": False},
         }, t_end
+
+    def _queue_full(self, model: str) -> ApiError:
+        self.metrics.count(model, "queue_full")
+        return ApiError(
+            503,
+            "model",
+            f"tier {self.cfg.tier} is busy: {self.slots.waiting} requests already wait "
+            f"(queue_limit {self.cfg.queue_limit}); retry later",
+            headers={"Retry-After": str(self.retry_after_s())},
+        )
+
+    async def infer_batched(
+        self,
+        model: str,
+        image: np.ndarray,
+        request_id: str | None,
+        t_arrive: float,
+        *,
+        watch: DisconnectWatch | None = None,
+        host_lead_ms: float = 0.0,
+    ) -> tuple[dict[str, Any], float | None]:
+        """:meth:`infer` for a model with dynamic batching (:mod:`services.tier.batching`)."""
+        batcher = self.batchers[model]
+        if self.slots.full():
+            raise self._queue_full(model)
+        pending: Pending = batcher.submit(image, t_arrive, host_lead_ms)
+        try:
+            if (
+                watch is not None
+                and not await watch.first(pending.fut)
+                and self.cfg.on_disconnect == "abort"
+                and batcher.withdraw(pending)
+            ):
+                raise self._abandon(model, "aborted")
+            res: BatchResult = await pending.fut
+        except asyncio.CancelledError:
+            batcher.withdraw(pending)
+            raise
+        if watch is not None and watch.gone:
+            raise self._abandon(model, "finished")
+        service_s = time.perf_counter() - t_arrive
+        queue_s = max(0.0, res.start_s - t_arrive)
+        queue_ms = queue_s * 1000.0
+        emulated_ms = res.emulated_s * 1000.0
+        # the batch's active energy is shared by its requests
+        e = energy.estimate(self.cfg, emulated_ms / res.size, queue_ms)
+        self.metrics.observe(
+            model,
+            queue_s=queue_s,
+            compute_s=res.compute_s,
+            emulated_s=res.emulated_s,
+            service_s=service_s,
+            energy_mj={"power": float(e["power_mj"]), "simulator": float(e["simulator_mj"])},
+        )
+        self.metrics.count(model, "ok")
+        idx = int(np.argmax(res.probs))
+        return {
+            "tier": self.cfg.tier,
+            "model": model,
+            "request_id": request_id or uuid.uuid4().hex,
+            "prediction": idx,
+            "confidence": float(res.probs[idx]),
+            "probabilities": res.probs.tolist(),
+            "timing": {
+                "queue_ms": queue_ms,
+                "compute_ms": res.compute_s * 1000.0,
+                "emulated_ms": emulated_ms,
+                "target_ms": res.target_ms,
+                "send_lead_ms": res.leads.send_s * 1000.0,
+                "host_lead_ms": res.leads.host_s * 1000.0,
+                "service_ms": service_s * 1000.0,
+                "batch_size": res.size,
+                "batch_wait_ms": max(0.0, res.formed_s - t_arrive) * 1000.0,
+            },
+            "energy": e,
+            "load": self.current_load(),
+            "emulated": {"device_time": batcher.profile, "energy": True, "lm": False},
+        }, res.t_end
 
     # --- emulated language models ---
 

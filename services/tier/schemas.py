@@ -78,6 +78,14 @@ class InferTiming(BaseModel):
         "(learned; 0 in real mode)")
     host_lead_ms: float = Field(0.0, ge=0, le=10, description=_HOST_LEAD_DOC)
     service_ms: float = Field(description="all time inside the server")
+    batch_size: int | None = Field(
+        None, ge=1, description="models with dynamic batching (class gpu) only: requests in "
+        "this request's batch; its device time (target_ms, emulated_ms) is the batch's")
+    batch_wait_ms: float | None = Field(
+        None, ge=0, description="models with dynamic batching only: wait from arrival until "
+        "the batch formed (max_batch requests waiting, or the oldest waited max_queue_delay_ms; "
+        "0 for a request that joined a formed batch); queue_ms includes it and the wait for a "
+        "model instance")
 
 
 class Load(BaseModel):
@@ -182,11 +190,20 @@ class ModelInfo(BaseModel):
     quality_short: float | None = None
     quality_long: float | None = None
     jitter: dict[str, Any] | None
+    batching: dict[str, Any] | None = Field(
+        None, description="dynamic batching: max_batch, max_queue_delay_ms, base_ms, per_item_ms")
     emulated: bool
 
 
+_CLASS_DOC = "the node's hardware class (mcu, edge, cloud, gpu, npu); tier is its name"
+
+
 class ModelsResponse(BaseModel):
+    model_config = ConfigDict(validate_by_alias=True, validate_by_name=True,
+                              serialize_by_alias=True)
+
     tier: str
+    node_class: str = Field(alias="class", description=_CLASS_DOC)
     concurrency: int
     queue_limit: int
     memory_bytes: int
@@ -212,7 +229,11 @@ class Readiness(BaseModel):
 class Status(Load):
     """``GET /v1/status``: the tier's load now (queue-aware routing reads it) and readiness."""
 
+    model_config = ConfigDict(validate_by_alias=True, validate_by_name=True,
+                              serialize_by_alias=True)
+
     tier: str
+    node_class: str = Field(alias="class", description=_CLASS_DOC)
     ready: bool
 
 

@@ -67,7 +67,7 @@ def test_user_file_layers_over_builtin(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ({"concurrency": 0}, "concurrency: Input should be greater than or equal to 1, got 0"),
+        ({"concurrency": 0}, "concurrency: must be within 1..256, got 0"),
         ({"device_time": "fast"}, "device_time"),
         ({"models": {"int8": {"latency_ms": -1}}}, "models.int8.latency_ms"),
         ({"models": {"int8": {"jitter": {"dist": "uniform", "low_ms": 3, "high_ms": 1}}}},
@@ -76,7 +76,7 @@ def test_user_file_layers_over_builtin(tmp_path: Path) -> None:
         ({"models": {"resnet": {}}}, "models.resnet.latency_ms: required"),
         ({"lm": {"gpt": {}}}, "lm: model must be one of"),
         ({"bogus_key": 1}, "bogus_key"),
-        ({"poll_us": 20_000}, "poll_us: Input should be less than or equal to 10000"),
+        ({"poll_us": 20_000}, "poll_us: must be within 0..10000, got 20000"),
     ],
 )  # fmt: skip
 def test_bad_config_names_the_key(override: dict, needle: str) -> None:

@@ -55,7 +55,7 @@ def test_both_event_loops_serve_and_stop_cleanly(poll_us: int) -> None:
 def test_bad_config_fails_fast_with_the_servers_message() -> None:
     with pytest.raises(TierStartError) as err:
         start_tier("edge", config_overrides={"concurrency": 0}, ready_timeout_s=30)
-    assert "concurrency" in str(err.value) and "greater than or equal to 1" in str(err.value)
+    assert "concurrency: must be within 1..256, got 0" in str(err.value)
 
 
 def test_cli_serve_refuses_bad_port_and_unknown_tier() -> None:
@@ -63,7 +63,12 @@ def test_cli_serve_refuses_bad_port_and_unknown_tier() -> None:
     r = subprocess.run([*run, "--tier", "edge", "--port", "70000"], capture_output=True, text=True)
     assert r.returncode == 2 and "--port must be within 1..65535" in r.stderr
     r = subprocess.run([*run, "--tier", "nope"], capture_output=True, text=True)
-    assert r.returncode == 2 and "no built-in config for 'nope'" in r.stderr
+    assert r.returncode == 2, r.stderr
+    assert "class: required for node 'nope'" in r.stderr, r.stderr
+    assert "mcu, edge, cloud, gpu, npu" in r.stderr, r.stderr
+    r = subprocess.run([*run, "--tier", "nope", "--class", "tpu"], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "class: must be one of mcu, edge, cloud, gpu, npu, got 'tpu'" in r.stderr, r.stderr
 
 
 def test_serve_is_registered_in_edgebed_cli() -> None:

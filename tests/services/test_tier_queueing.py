@@ -137,8 +137,8 @@ def _wait_status(url: str, **want: int) -> dict:
 def test_load_in_answers_and_status(tier_factory: Callable[..., TierProcess]) -> None:
     tp = tier_factory("mcu", config_overrides={"lm": {"slm": {"ttft_ms": 800.0}}})
     idle = _status(tp.url)
-    assert idle == {"tier": "mcu", "ready": True, "queue_depth": 0, "in_service": 0,
-                    "concurrency": 1, "queue_limit": 16}, idle  # fmt: skip
+    assert idle == {"tier": "mcu", "class": "mcu", "ready": True, "queue_depth": 0,
+                    "in_service": 0, "concurrency": 1, "queue_limit": 16}, idle  # fmt: skip
     lm = Background(lambda: exchange(tp.url, json_request(tp.url, "/v1/generate",
                                                           {"model": "slm"})))  # fmt: skip
     assert _wait_status(tp.url, in_service=1)["in_service"] == 1

@@ -40,5 +40,6 @@ async def readyz(runtime: Annotated[TierRuntime, Depends(get_runtime)]) -> JSONR
 async def status(request: Request) -> Response:
     # Also mounted as a plain Starlette route (app.py): polled often, so no dependency solving.
     runtime: TierRuntime = request.app.state.runtime
-    body = {"tier": runtime.cfg.tier, "ready": runtime.ready, **runtime.current_load()}
+    body = {"tier": runtime.cfg.tier, "class": runtime.cfg.node_class, "ready": runtime.ready,
+            **runtime.current_load()}  # fmt: skip
     return JSONResponse(body)

@@ -19,6 +19,7 @@ async def list_models(runtime: Annotated[TierRuntime, Depends(get_runtime)]) -> 
     return ModelsResponse.model_validate(
         {
             "tier": cfg.tier,
+            "class": cfg.node_class,
             "concurrency": cfg.concurrency,
             "queue_limit": cfg.queue_limit,
             "memory_bytes": cfg.memory_bytes,
