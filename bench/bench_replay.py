@@ -48,7 +48,7 @@ def one_pass(
             "seeds": 1,
             "workload": {"n": n, "lm_ratio": 0.0},
             "arrival": {"process": process, "params": {"rate_rps": rate_rps}},
-            "policies": [{"name": "always_edge", "params": {"cv_route": "EDGE/tinycnn"}}],
+            "policies": [{"name": "always_edge", "params": {"cv_route": "edge/tinycnn"}}],
             "replay": {
                 "concurrency": concurrency,
                 "progress": False,

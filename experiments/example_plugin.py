@@ -24,8 +24,8 @@ class EdgeFirst(Policy):
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be within 0..1, got {threshold}")
         self.threshold = float(threshold)
-        self.cv_routes = ["EDGE/int8", "CLOUD/fp32"]
-        self.lm_routes = ["EDGE/slm", "CLOUD/llm"]
+        self.cv_routes = ["edge/int8", "cloud/fp32"]
+        self.lm_routes = ["edge/slm", "cloud/llm"]
 
     async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
         first, second = self.cv_routes if request.kind == "cv" else self.lm_routes

@@ -74,9 +74,9 @@ class Agreement:
         return 100.0 * abs(self.measured_ms - self.law_expected_ms) / self.law_expected_ms
 
     def report(self) -> str:
-        compute = SIM_LATENCY_MS["CLOUD"]["fp32"]
+        compute = SIM_LATENCY_MS["cloud"]["fp32"]
         return (
-            f"simulator: CLOUD fp32 {compute:.0f} ms + RTT U{list(SIM_RTT_RANGE_MS['CLOUD'])}; "
+            f"simulator: CLOUD fp32 {compute:.0f} ms + RTT U{list(SIM_RTT_RANGE_MS['cloud'])}; "
             f"same draws: {compute:.0f} + {self.drawn_rtt_ms:.2f} = {self.expected_ms:.2f} ms, "
             f"law: {self.law_expected_ms:.1f} ms; testbed mean {self.measured_ms:.2f} ms = device "
             f"{self.device_ms:.2f} + link {self.link_delay_ms:.2f} + HTTP/host "
@@ -94,7 +94,7 @@ def measure_agreement(
     from services.tier.process import start_tier
 
     out = Path(out_dir)
-    lo, hi = SIM_RTT_RANGE_MS["CLOUD"]
+    lo, hi = SIM_RTT_RANGE_MS["cloud"]
     replay = {"progress": False, "concurrency": 32, "realtime": realtime, "host_lead": "off"}
     workload = {"n": n, "lm_ratio": 0.0}
     arrival = {"process": "poisson", "params": {"rate_rps": rate_rps}}
@@ -119,7 +119,7 @@ def measure_agreement(
     count = link.get("edgebed_link_delay_seconds_count", 0.0) or 1.0
     chunks = int(link.get("edgebed_link_chunks_total", 0))
     drawn_ms = 1e3 * link.get("edgebed_link_drawn_delay_seconds_total", 0.0) / max(chunks, 1)
-    compute_ms = SIM_LATENCY_MS["CLOUD"]["fp32"]
+    compute_ms = SIM_LATENCY_MS["cloud"]["fp32"]
     return Agreement(
         n=n,
         expected_ms=compute_ms + drawn_ms,

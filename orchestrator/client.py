@@ -46,6 +46,7 @@ class Attempt:
 
     route: str
     outcome: str = "error"
+    node_class: str = ""  # the hardware class of the route's node ("" = the node's name)
     status_code: int = 0
     start_ms: float = 0.0  # when the attempt was sent, relative to the request's intended send
     latency_ms: float = 0.0  # wall time of this attempt alone (send → answer or failure)
@@ -78,6 +79,11 @@ class Attempt:
     @property
     def tier(self) -> str:
         return self.route.split("/", 1)[0]
+
+    @property
+    def hw_class(self) -> str:
+        """The node's hardware class (its name when the experiment named no class)."""
+        return self.node_class or self.tier
 
     @property
     def model(self) -> str:

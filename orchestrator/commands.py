@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,19 @@ import pandas  # noqa: F401  (runs need it; a slim install without it lists `run
 from orchestrator.policies import POLICIES
 
 
-def parse_targets(text: str) -> dict[str, str]:
-    """``mcu=URL,edge=URL`` → {"mcu": URL, ...}; raises ValueError naming the bad part."""
+def parse_targets(text: str, nodes: Sequence[str] | None = None) -> dict[str, str]:
+    """``mcu=URL,edge=URL`` → {"mcu": URL, ...}; raises ValueError naming the bad part.
+    ``nodes``: the experiment's node names (default: the three default nodes)."""
     from orchestrator.experiment import TIER_NAMES
 
+    known = list(nodes) if nodes is not None else list(TIER_NAMES)
     out: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         tier, sep, url = part.partition("=")
         tier = tier.strip().lower()
-        if not sep or tier not in TIER_NAMES:
+        if not sep or tier not in known:
             raise ValueError(
-                f"--targets: expected TIER=URL with TIER in {'/'.join(TIER_NAMES)}, got {part!r}"
+                f"--targets: expected NODE=URL with NODE in {'/'.join(known)}, got {part!r}"
             )
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"--targets: {tier} must be an http(s) URL, got {url!r}")
@@ -74,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ExperimentError(str(args.config), problems)
         exp = load_experiment(args.config)
         exp = exp.with_overrides(_overrides(args, exp), "command-line options")
-        targets = parse_targets(args.targets) if args.targets else None
+        targets = parse_targets(args.targets, list(exp.tiers)) if args.targets else None
         if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
             raise ValueError(f"--metrics-port must be within 0..65535, got {args.metrics_port}")
         out = prepare_run_dir(args.out, exp.name)

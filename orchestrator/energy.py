@@ -66,7 +66,10 @@ def register_energy_model(
 def simulator_energy_mj(accepted: Attempt | None) -> float:
     if accepted is None or not accepted.ok:
         return 0.0
-    return SIM_ENERGY_FACTOR[accepted.tier] * accepted.latency_ms * SIM_ENERGY_MJ_PER_MS
+    factor = SIM_ENERGY_FACTOR.get(accepted.hw_class)
+    if factor is None:  # a class the simulator has no row for (gpu, npu): no simulator figure
+        return float("nan")
+    return factor * accepted.latency_ms * SIM_ENERGY_MJ_PER_MS
 
 
 class RadioModel(BaseModel):
@@ -79,12 +82,13 @@ class RadioModel(BaseModel):
     wait_power_mw: float = Field(default=100.0, ge=0, le=1e6, allow_inf_nan=False)
     uplink_kbps: float = Field(default=6000.0, gt=0, le=1e9, allow_inf_nan=False)
     downlink_kbps: float = Field(default=6000.0, gt=0, le=1e9, allow_inf_nan=False)
-    local_tier: str = "MCU"  # attempts on this tier run on the device itself: no radio
+    local_tier: str = "mcu"  # attempts on a node of this class (or name) run on the device
+    # itself: no radio
 
 
 def device_side_mj(attempt: Attempt, radio: RadioModel) -> tuple[float, float]:
     """(device mJ, remote mJ) for one attempt."""
-    if attempt.tier == radio.local_tier:
+    if radio.local_tier in (attempt.tier, attempt.hw_class):
         return attempt.remote_energy_mj, 0.0
     tx_s = attempt.bytes_tx * 8 / (radio.uplink_kbps * 1e3)
     rx_s = attempt.bytes_rx * 8 / (radio.downlink_kbps * 1e3)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import importlib
 import math
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,15 +40,13 @@ from orchestrator.energy import ENERGY_MODELS, make_energy_model
 from orchestrator.policies import POLICIES, make_policy
 from orchestrator.profiles import SIM_LM_EXTRA_MS, split_route
 from orchestrator.workload import Seeds, WorkloadSpec
-from services.tier.config import (
-    TierConfig,
-    TierConfigError,
-    builtin_config_path,
-    deep_merge,
-    read_yaml,
-)
+from services.tier.classes import class_names
+from services.tier.config import TierConfig, TierConfigError, node_config_data
 
-TIER_NAMES: tuple[str, ...] = ("mcu", "edge", "cloud")
+# the nodes an experiment without a ``tiers`` section gets: the teaching simulator's three
+TIER_NAMES: tuple[str, ...] = tuple(n for n in class_names() if n in ("mcu", "edge", "cloud"))
+NODE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+MAX_NODES = 64
 DEVICE = "device"  # the request source: the orchestrator itself, until device groups exist
 MAX_SCENARIO_S = 7 * 24 * 3600.0
 
@@ -62,15 +61,12 @@ class ExperimentError(ValueError):
 
 
 def merge_tier_section(name: str, section: Any) -> Any:
-    """The tier's built-in config (``services/<name>/tier.yaml``) with the section layered on
-    top (a ``null`` value removes a key, e.g. ``models: {int8: null}``)."""
+    """The node's class defaults (``services/<class>/tier.yaml``; the class is ``class:``, or the
+    name when it names a class) with the section layered on top (a ``null`` value removes a
+    key, e.g. ``models: {int8: null}``)."""
     if not isinstance(section, dict):
         return section  # let pydantic report the type error
-    path = builtin_config_path(name)
-    base = read_yaml(path) if path.is_file() else {}
-    merged = deep_merge(base, section)
-    merged["tier"] = name
-    return merged
+    return node_config_data(name, section)
 
 
 # ------------------------------------------------------------------------- named registries
@@ -289,11 +285,16 @@ class Experiment(BaseModel):
     def _merge_tier_sections(cls, v: Any) -> Any:
         if not isinstance(v, dict):
             return v
-        bad = [k for k in v if k not in TIER_NAMES]
+        bad = [k for k in v if not (isinstance(k, str) and re.match(NODE_NAME_PATTERN, k))]
         if bad:
-            raise ValueError(f"tier names must be among {list(TIER_NAMES)}, got {bad}")
+            raise ValueError(f"node names must be lower case letters, digits, '-' or '_' "
+                             f"(1-32, starting with a letter), got {bad}")
+        if DEVICE in v:
+            raise ValueError(f"{DEVICE!r} names the request source, not a node")
         if not v:
             raise ValueError("at least one tier is required")
+        if len(v) > MAX_NODES:
+            raise ValueError(f"at most {MAX_NODES} nodes, got {len(v)}")
         return {name: merge_tier_section(name, sec or {}) for name, sec in v.items()}
 
     def tier_section(self, name: str) -> dict[str, Any]:
@@ -308,7 +309,7 @@ class Experiment(BaseModel):
         return self._source
 
     def device_latency_ms(self) -> dict[str, dict[str, float]]:
-        """Configured device latency per tier and model, keyed like routes (``"MCU"``).
+        """Configured device latency per tier and model, keyed like routes (``"mcu"``).
 
         Vision models: their ``latency_ms``. LM models: the base latency the simulator's table
         would give (``ttft + (short_tokens - 1) × tpot`` minus the simulator's short-request
@@ -323,17 +324,17 @@ class Experiment(BaseModel):
             for model, lm in tier.lm.items():
                 if lm.ttft_ms is None or lm.tpot_ms is None:
                     continue
-                extra = SIM_LM_EXTRA_MS.get(name.upper(), {}).get("short", 0.0)
+                extra = SIM_LM_EXTRA_MS.get(tier.node_class or name, {}).get("short", 0.0)
                 row[model] = float(lm.ttft_ms + (lm.short_tokens - 1) * lm.tpot_ms - extra)
-            out[name.upper()] = row
+            out[name] = row
         return out
 
     def rtt_mean_ms(self) -> dict[str, float]:
         """Configured mean round trip from the device to each tier (0 without a link)."""
-        out = {name.upper(): 0.0 for name in self.tiers}
+        out = {name: 0.0 for name in self.tiers}
         for link in self.links.values():
             if link.src == DEVICE and link.dst in self.tiers:
-                out[link.dst.upper()] = float(link.rtt_mean_ms())
+                out[link.dst] = float(link.rtt_mean_ms())
         return out
 
     def topology(self) -> Topology:
@@ -434,8 +435,7 @@ def _check_policies(exp: Experiment) -> list[str]:
                 *(policy.lm_routes if exp.workload.lm_ratio > 0 else []),
             ]
         for route in routes:
-            tier_key, model = split_route(route)
-            tier = tier_key.lower()
+            tier, model = split_route(route)
             if tier not in exp.tiers:
                 problems.append(
                     f"policies[{i}] ({pol.name}): route {route} needs tier {tier!r}, which is not "

@@ -12,10 +12,10 @@ route (tier profile + link RTT, optionally corrected online by an EWMA of what w
             self.threshold = threshold
 
         async def decide(self, request, ctx):
-            first = await ctx.attempt("EDGE/int8" if request.kind == "cv" else "EDGE/slm")
+            first = await ctx.attempt("edge/int8" if request.kind == "cv" else "edge/slm")
             if first.ok and first.confidence >= self.threshold:
                 return first
-            return await ctx.attempt("CLOUD/fp32" if request.kind == "cv" else "CLOUD/llm")
+            return await ctx.attempt("cloud/fp32" if request.kind == "cv" else "cloud/llm")
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class PolicyContext:
         self.attempts: list[Attempt] = []
 
     async def attempt(self, route: str) -> Attempt:
-        split_route(route)
+        route = "/".join(split_route(route))  # one spelling: node names in lower case
         a = await self._attempt_fn(route)
         self.attempts.append(a)
         if a.ok:
@@ -146,12 +146,10 @@ def register_policy(name: str) -> Callable[[type[Policy]], type[Policy]]:
 
 
 def _check_routes(key: str, routes: Sequence[str], n: int | None = None) -> list[str]:
-    routes = list(routes)
-    for r in routes:
-        try:
-            split_route(r)
-        except ValueError as exc:
-            raise ValueError(f"{key}: {exc}") from exc
+    try:
+        routes = ["/".join(split_route(r)) for r in routes]
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from exc
     if not routes or (n is not None and len(routes) != n):
         raise ValueError(f"{key} must list {n or 'at least 1'} route(s), got {routes}")
     return routes
@@ -176,8 +174,8 @@ def _pick(request: Request, cv: list[str], lm: list[str]) -> list[str]:
 
 
 class _Single(Policy):
-    cv_default = "MCU/tinycnn"
-    lm_default = "MCU/slm"
+    cv_default = "mcu/tinycnn"
+    lm_default = "mcu/slm"
 
     def __init__(self, cv_route: str | None = None, lm_route: str | None = None) -> None:
         self.cv_routes = _check_routes("cv_route", [cv_route or self.cv_default], 1)
@@ -189,28 +187,28 @@ class _Single(Policy):
 
 @register_policy("always_local")
 class AlwaysLocal(_Single):
-    """CV → MCU/tinycnn; LM → MCU/slm."""
+    """CV → mcu/tinycnn; LM → mcu/slm."""
 
 
 @register_policy("always_edge")
 class AlwaysEdge(_Single):
-    """CV → EDGE/fp32; LM → EDGE/slm (the simulator's suggested extension)."""
+    """CV → edge/fp32; LM → edge/slm (the simulator's suggested extension)."""
 
-    cv_default = "EDGE/fp32"
-    lm_default = "EDGE/slm"
+    cv_default = "edge/fp32"
+    lm_default = "edge/slm"
 
 
 @register_policy("always_cloud")
 class AlwaysCloud(_Single):
-    """CV → CLOUD/fp32; LM → CLOUD/llm."""
+    """CV → cloud/fp32; LM → cloud/llm."""
 
-    cv_default = "CLOUD/fp32"
-    lm_default = "CLOUD/llm"
+    cv_default = "cloud/fp32"
+    lm_default = "cloud/llm"
 
 
 class _Ladder(Policy):
-    cv_default: tuple[str, ...] = ("MCU/int8", "EDGE/fp32", "CLOUD/fp32")
-    lm_default: tuple[str, ...] = ("MCU/slm", "EDGE/slm", "CLOUD/llm")
+    cv_default: tuple[str, ...] = ("mcu/int8", "edge/fp32", "cloud/fp32")
+    lm_default: tuple[str, ...] = ("mcu/slm", "edge/slm", "cloud/llm")
 
     def __init__(
         self, cv_routes: Sequence[str] | None = None, lm_routes: Sequence[str] | None = None
@@ -249,7 +247,7 @@ class LatencyAware(_Ladder):
     after running), the choice is made before sending; a failed attempt escalates.
     """
 
-    cv_default = ("MCU/tinycnn", "EDGE/tinycnn", "CLOUD/fp32")
+    cv_default = ("mcu/tinycnn", "edge/tinycnn", "cloud/fp32")
 
     def __init__(self, margin: float = 0.9, **routes: Any) -> None:
         super().__init__(**routes)
@@ -272,8 +270,8 @@ class LatencyAware(_Ladder):
 
 @register_policy("hybrid")
 class Hybrid(_Ladder):
-    """MCU/int8 if predicted in budget and confidence ≥ threshold; else EDGE/fp32 if predicted
-    in budget; else CLOUD/fp32 (LM: slm → slm → llm). Failed attempts escalate."""
+    """mcu/int8 if predicted in budget and confidence ≥ threshold; else edge/fp32 if predicted
+    in budget; else cloud/fp32 (LM: slm → slm → llm). Failed attempts escalate."""
 
     def __init__(self, threshold: float = 0.8, margin: float = 0.85, **routes: Any) -> None:
         super().__init__(**routes)

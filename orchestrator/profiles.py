@@ -6,24 +6,25 @@ simulator-comparison tests. They describe the simulator; the testbed measures th
 
 from __future__ import annotations
 
+import re
+
 from services.tier import simulator as _tier_sim
 
-TIERS: tuple[str, ...] = ("MCU", "EDGE", "CLOUD")
+TIERS: tuple[str, ...] = ("mcu", "edge", "cloud")
 CV_MODELS: tuple[str, ...] = _tier_sim.VISION_MODELS
 LM_MODELS: tuple[str, ...] = _tier_sim.LM_MODELS
 
 # The simulator's per-tier tables live once, in services/tier/simulator.py (the tiers' defaults);
-# here they are keyed by route spelling ("EDGE") for the orchestrator.
 # Model latency on each tier in ms (simulator table). The cloud LLM uses CLOUD "slm" as base.
 SIM_LATENCY_MS: dict[str, dict[str, float]] = {
-    t.upper(): dict(v) for t, v in _tier_sim.MODEL_LATENCY_MS.items()
+    t: dict(v) for t, v in _tier_sim.MODEL_LATENCY_MS.items()
 }
-SIM_ENERGY_FACTOR: dict[str, float] = {t.upper(): f for t, f in _tier_sim.ENERGY_FACTOR.items()}
-SIM_RTT_RANGE_MS: dict[str, tuple[int, int]] = {"MCU": (0, 0), "EDGE": (5, 15), "CLOUD": (30, 120)}
+SIM_ENERGY_FACTOR: dict[str, float] = dict(_tier_sim.ENERGY_FACTOR)
+SIM_RTT_RANGE_MS: dict[str, tuple[int, int]] = {"mcu": (0, 0), "edge": (5, 15), "cloud": (30, 120)}
 SIM_ENERGY_MJ_PER_MS = _tier_sim.SIMULATOR_MJ_PER_MS
 # LM requests add a per-length overhead on top of the base (cloud vs on-device tiers).
 SIM_LM_EXTRA_MS: dict[str, dict[str, float]] = {
-    t.upper(): {"short": short, "long": long_} for t, (short, long_) in _tier_sim.LM_EXTRA_MS.items()
+    t: {"short": short, "long": long_} for t, (short, long_) in _tier_sim.LM_EXTRA_MS.items()
 }
 SIM_CV_ACCURACY: dict[str, dict[str, float]] = {
     "easy": {"fp32": 0.92, "int8": 0.88, "tinycnn": 0.80},
@@ -34,16 +35,23 @@ SIM_LM_QUALITY: dict[str, dict[str, float]] = {
 }
 
 
+NODE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
 def split_route(route: str) -> tuple[str, str]:
-    """``"EDGE/fp32"`` → ``("EDGE", "fp32")``; raises ValueError naming the route otherwise."""
-    tier, sep, model = route.partition("/")
-    tier = tier.upper()
-    if not sep or tier not in TIERS or model not in (*CV_MODELS, *LM_MODELS):
+    """``"edge/fp32"`` → ``("edge", "fp32")``; raises ValueError naming the route otherwise.
+
+    The node part is a node name (lower case; ``EDGE/fp32`` is read as ``edge/fp32``); whether
+    the experiment has that node and it serves the model is checked against the experiment.
+    """
+    node, sep, model = route.partition("/")
+    node = node.lower()
+    if not sep or not NODE_NAME.match(node) or model not in (*CV_MODELS, *LM_MODELS):
         raise ValueError(
-            f"route must be TIER/model with TIER in {list(TIERS)} and model in "
+            f"route must be node/model with a node name (e.g. {', '.join(TIERS)}) and model in "
             f"{[*CV_MODELS, *LM_MODELS]}, got {route!r}"
         )
-    return tier, model
+    return node, model
 
 
 def sim_model_latency_ms(tier: str, model: str, length: str | None = None) -> float:

@@ -42,12 +42,12 @@ RecordSink = Callable[[dict[str, Any], Sequence[Attempt]], None]
 
 
 def normalise_targets(targets: dict[str, str]) -> dict[str, str]:
-    """Tier names upper-cased (``mcu`` → ``MCU``), URLs without a trailing slash."""
+    """Node names lower-cased (``MCU`` → ``mcu``), URLs without a trailing slash."""
     out = {}
     for tier, url in targets.items():
         if not str(url).startswith(("http://", "https://")):
             raise ValueError(f"targets.{tier} must be an http(s) URL, got {url!r}")
-        out[tier.upper()] = str(url).rstrip("/")
+        out[tier.lower()] = str(url).rstrip("/")
     return out
 
 
@@ -114,6 +114,7 @@ class Pass:
     policy: Policy
     energy_model: EnergyModel
     predictor: LatencyPredictor
+    node_classes: dict[str, str] = field(default_factory=dict)  # node name -> hardware class
 
 
 BeforePass = Callable[[str], Awaitable[dict[str, float]]]
@@ -138,7 +139,7 @@ async def replay_policy(
 ) -> PassStats:
     """One pass of the workload through ``run.policy``; returns send-time statistics."""
     targets = normalise_targets(targets)
-    leads = {k.upper(): v for k, v in (host_leads or {}).items()}
+    leads = {k.lower(): v for k, v in (host_leads or {}).items()}
     label = run.label
     stats = stats or PassStats(policy=label, n_planned=len(requests))
     sem = asyncio.Semaphore(settings.concurrency)
@@ -158,8 +159,9 @@ async def replay_policy(
         async def attempt_fn(route: str) -> Attempt:
             tier = route.split("/", 1)[0]
             if tier not in targets:
-                return Attempt(route=route, outcome="error", error=f"no target URL for tier {tier}")
-            return await run_attempt(
+                return Attempt(route=route, outcome="error", error=f"no target URL for tier {tier}",
+                               node_class=run.node_classes.get(tier, ""))
+            attempt = await run_attempt(
                 client,
                 targets[tier],
                 route,
@@ -168,6 +170,8 @@ async def replay_policy(
                 t_intended=t_intended,
                 host_lead_ms=leads.get(tier, 0.0),
             )
+            attempt.node_class = run.node_classes.get(tier, "")
+            return attempt
 
         ctx = PolicyContext(req, attempt_fn, run.predictor, t_intended)
         accepted: Attempt | None = None

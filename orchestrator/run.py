@@ -217,7 +217,8 @@ async def arun_experiment(
         Pass(label, make_policy(p.name, p.params),
              make_energy_model(exp.energy.model, exp.energy.params),  # fresh state per pass
              LatencyPredictor(device_ms=exp.device_latency_ms(), rtt_ms=exp.rtt_mean_ms(),
-                              ewma_alpha=exp.predictor.ewma_alpha))
+                              ewma_alpha=exp.predictor.ewma_alpha),
+             {name: str(t.node_class) for name, t in exp.tiers.items()})
         for label, p in zip(labels, exp.policies, strict=True)
     ]
 

@@ -62,7 +62,7 @@ def _mean(x: pd.Series) -> float:
 
 
 def route_mix(df: pd.DataFrame) -> str:
-    """Share of requests per final route, e.g. ``EDGE/fp32=60.0%;MCU/int8=40.0%``."""
+    """Share of requests per final route, e.g. ``edge/fp32=60.0%;mcu/int8=40.0%``."""
     counts = df["route"].replace("", "none").value_counts()
     total = counts.sum()
     return ";".join(f"{r}={100.0 * c / total:.1f}%" for r, c in sorted(counts.items()))

@@ -12,13 +12,15 @@ LOOPBACK = "127.0.0.1"
 
 
 def write_tier_config(exp: Experiment, name: str, config_dir: Path) -> Path:
-    """Write the experiment's ``tiers.<name>`` section (layered by the tier over its built-in)."""
+    """Write the experiment's ``tiers.<name>`` section (layered by the tier over its class
+    defaults)."""
     config_dir.mkdir(parents=True, exist_ok=True)
     path = config_dir / f"{name}.yaml"
     section = exp.tier_section(name)
     section["tier"] = name
     path.write_text(
-        f"# tiers.{name} of experiment {exp.name!r}, layered over services/{name}/tier.yaml\n"
+        f"# tiers.{name} of experiment {exp.name!r}, layered over "
+        f"services/{exp.tiers[name].node_class}/tier.yaml\n"
         + yaml.safe_dump(section, sort_keys=False)
     )
     return path

@@ -196,7 +196,7 @@ def test_compose_stack_end_to_end(engine: dict[str, str], tmp_path: Path,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     ctx = build_context(tmp_path / "edgebed")
-    ports = {k: _free_port() for k in ("MCU", "EDGE", "CLOUD", "PROMETHEUS", "ORCHESTRATOR",
+    ports = {k: _free_port() for k in ("mcu", "edge", "cloud", "PROMETHEUS", "ORCHESTRATOR",
                                        "LINKS", "GRAFANA")}
     dotenv = {
         "COMPOSE_PROJECT_NAME": PROJECT,

@@ -35,7 +35,7 @@ def start_tiers(
     overrides: dict[str, dict[str, Any]] | None = None,
     stack: ExitStack | None = None,
 ) -> dict[str, Any]:
-    """MCU, EDGE, CLOUD tier processes; returns {"MCU": TierProcess, ...}."""
+    """MCU, EDGE, CLOUD tier processes; returns {"mcu": TierProcess, ...}."""
     from services.tier.process import start_tier
 
     require_artifacts()
@@ -43,7 +43,7 @@ def start_tiers(
     assert stack is not None
     for tier in ("mcu", "edge", "cloud"):
         cfg = (overrides or {}).get(tier)
-        out[tier.upper()] = stack.enter_context(
+        out[tier] = stack.enter_context(
             start_tier(tier, device_time=device_time, config_overrides=cfg, ready_timeout_s=60)
         )
     return out

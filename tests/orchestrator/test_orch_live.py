@@ -71,8 +71,8 @@ def test_six_policies_1200_records(real_tiers: dict[str, Any], tmp_path: Path) -
     cloud = on_disk.set_index("policy").loc["always_cloud"]
     assert cloud["cv_accuracy_pct"] > 80, f"fp32 CV accuracy {cloud['cv_accuracy_pct']:.1f}%"
     assert set(records.loc[records["policy"] == "always_cloud", "route"]) <= {
-        "CLOUD/fp32",
-        "CLOUD/llm",
+        "cloud/fp32",
+        "cloud/llm",
     }
     conf = records[records["policy"] == "confidence"]
     for _, row in conf.iterrows():
@@ -140,7 +140,7 @@ def test_tier_killed_mid_run(tmp_path: Path) -> None:
     }
     with ExitStack() as stack:
         tiers = start_tiers("real", overrides, stack)
-        edge = tiers["EDGE"]
+        edge = tiers["edge"]
         n = 200
         killed_at: list[float] = []
 
@@ -175,10 +175,10 @@ def test_tier_killed_mid_run(tmp_path: Path) -> None:
     assert (failed["error"] != "").all()
     # confidence escalates past the dead EDGE tier to the cloud
     conf = records[records["policy"] == "confidence"]
-    via_dead_edge = conf[conf["attempts"].str.contains("EDGE/")]
+    via_dead_edge = conf[conf["attempts"].str.contains("edge/")]
     assert len(via_dead_edge) > 0
     assert (via_dead_edge["outcome"] == "ok").mean() > 0.95
-    assert set(via_dead_edge["route"]) <= {"CLOUD/fp32", "CLOUD/llm"}
+    assert set(via_dead_edge["route"]) <= {"cloud/fp32", "cloud/llm"}
     summary = summarize_csv(result.run_dir)
     assert summary.set_index("policy").loc["always_edge", "error_pct"] > 0
 

@@ -52,87 +52,87 @@ def test_registry_has_the_six_policies() -> None:
 
 
 def test_defaults_are_the_simulators() -> None:
-    assert make_policy("always_local").routes() == ["MCU/tinycnn", "MCU/slm"]
-    assert make_policy("always_cloud").routes() == ["CLOUD/fp32", "CLOUD/llm"]
+    assert make_policy("always_local").routes() == ["mcu/tinycnn", "mcu/slm"]
+    assert make_policy("always_cloud").routes() == ["cloud/fp32", "cloud/llm"]
     conf = make_policy("confidence")
     assert conf.threshold == 0.78  # type: ignore[attr-defined]
-    assert conf.cv_routes == ["MCU/int8", "EDGE/fp32", "CLOUD/fp32"]  # type: ignore[attr-defined]
+    assert conf.cv_routes == ["mcu/int8", "edge/fp32", "cloud/fp32"]  # type: ignore[attr-defined]
     la = make_policy("latency_aware")
     assert la.margin == 0.9  # type: ignore[attr-defined]
-    assert la.cv_routes == ["MCU/tinycnn", "EDGE/tinycnn", "CLOUD/fp32"]  # type: ignore[attr-defined]
+    assert la.cv_routes == ["mcu/tinycnn", "edge/tinycnn", "cloud/fp32"]  # type: ignore[attr-defined]
     hy = make_policy("hybrid")
     assert (hy.threshold, hy.margin) == (0.8, 0.85)  # type: ignore[attr-defined]
 
 
 def test_confidence_worked_example() -> None:
-    """The simulator's worked example: MCU/int8 at 0.70 rejected, EDGE/fp32 at 0.82 accepted."""
+    """The simulator's worked example: mcu/int8 at 0.70 rejected, edge/fp32 at 0.82 accepted."""
     answers = {
-        "MCU/int8": ("ok", 0.70, 25.0),
-        "EDGE/fp32": ("ok", 0.82, 35.0),
-        "CLOUD/fp32": ("ok", 0.99, 90.0),
+        "mcu/int8": ("ok", 0.70, 25.0),
+        "edge/fp32": ("ok", 0.82, 35.0),
+        "cloud/fp32": ("ok", 0.99, 90.0),
     }
     accepted, tried = run_policy(make_policy("confidence"), CV, answers)
-    assert tried == ["MCU/int8", "EDGE/fp32"] and accepted.route == "EDGE/fp32"
+    assert tried == ["mcu/int8", "edge/fp32"] and accepted.route == "edge/fp32"
 
 
 def test_confidence_escalates_past_a_dead_tier() -> None:
     answers = {
-        "MCU/int8": ("ok", 0.5, 25.0),
-        "EDGE/fp32": ("refused", float("nan"), 1.0),
-        "CLOUD/fp32": ("ok", 0.6, 90.0),
+        "mcu/int8": ("ok", 0.5, 25.0),
+        "edge/fp32": ("refused", float("nan"), 1.0),
+        "cloud/fp32": ("ok", 0.6, 90.0),
     }
     accepted, tried = run_policy(make_policy("confidence"), CV, answers)
-    assert tried == ["MCU/int8", "EDGE/fp32", "CLOUD/fp32"] and accepted.route == "CLOUD/fp32"
+    assert tried == ["mcu/int8", "edge/fp32", "cloud/fp32"] and accepted.route == "cloud/fp32"
 
 
 def test_latency_aware_decides_on_prediction() -> None:
-    answers = {r: ("ok", 0.5, 1.0) for r in ("MCU/tinycnn", "EDGE/tinycnn", "CLOUD/fp32")}
+    answers = {r: ("ok", 0.5, 1.0) for r in ("mcu/tinycnn", "edge/tinycnn", "cloud/fp32")}
     pred = LatencyPredictor(ewma_alpha=0)
-    # MCU/tinycnn predicted 7 ms ≤ 0.9 × 80: runs locally, nothing else is tried
+    # mcu/tinycnn predicted 7 ms ≤ 0.9 × 80: runs locally, nothing else is tried
     _, tried = run_policy(make_policy("latency_aware"), CV, answers, pred)
-    assert tried == ["MCU/tinycnn"]
+    assert tried == ["mcu/tinycnn"]
     # a slow MCU profile (100 ms) and EDGE 4 + 10 ms: goes straight to EDGE without trying MCU
     slow = LatencyPredictor(
-        device_ms={"MCU": {"tinycnn": 100.0}, "EDGE": {"tinycnn": 4.0}}, ewma_alpha=0
+        device_ms={"mcu": {"tinycnn": 100.0}, "edge": {"tinycnn": 4.0}}, ewma_alpha=0
     )
     _, tried = run_policy(make_policy("latency_aware"), CV, answers, slow)
-    assert tried == ["EDGE/tinycnn"]
+    assert tried == ["edge/tinycnn"]
     tight = Request(id=3, kind="cv", deadline_ms=5, difficulty="easy", label=1, image=bytes(784))
     _, tried = run_policy(make_policy("latency_aware"), tight, answers, slow)
-    assert tried == ["CLOUD/fp32"]
+    assert tried == ["cloud/fp32"]
 
 
 def test_hybrid() -> None:
     answers = {
-        "MCU/int8": ("ok", 0.9, 25.0),
-        "EDGE/fp32": ("ok", 0.1, 30.0),
-        "CLOUD/fp32": ("ok", 0.9, 80.0),
+        "mcu/int8": ("ok", 0.9, 25.0),
+        "edge/fp32": ("ok", 0.1, 30.0),
+        "cloud/fp32": ("ok", 0.9, 80.0),
     }
     accepted, tried = run_policy(make_policy("hybrid"), CV, answers)
-    assert tried == ["MCU/int8"]
-    answers["MCU/int8"] = ("ok", 0.5, 25.0)
+    assert tried == ["mcu/int8"]
+    answers["mcu/int8"] = ("ok", 0.5, 25.0)
     accepted, tried = run_policy(make_policy("hybrid"), CV, answers)
-    assert tried == ["MCU/int8", "EDGE/fp32"] and accepted.route == "EDGE/fp32"
+    assert tried == ["mcu/int8", "edge/fp32"] and accepted.route == "edge/fp32"
     lm = Request(id=4, kind="lm", deadline_ms=4000, length="short", prompt="hi", max_tokens=32)
     accepted, tried = run_policy(
         make_policy("hybrid"),
         lm,
         {
-            "MCU/slm": ("ok", 0.81, 12000.0),
-            "EDGE/slm": ("ok", 0.81, 4000.0),
-            "CLOUD/llm": ("ok", 0.87, 1600.0),
+            "mcu/slm": ("ok", 0.81, 12000.0),
+            "edge/slm": ("ok", 0.81, 4000.0),
+            "cloud/llm": ("ok", 0.87, 1600.0),
         },
     )
-    # MCU/slm predicted 12008 ms and EDGE/slm 4018 ms exceed 0.85 × 4000: straight to the cloud
-    assert tried == ["CLOUD/llm"]
+    # mcu/slm predicted 12008 ms and edge/slm 4018 ms exceed 0.85 × 4000: straight to the cloud
+    assert tried == ["cloud/llm"]
 
 
 def test_predictor_prior_and_ewma() -> None:
     p = LatencyPredictor(ewma_alpha=0.5)
-    assert p.predict_ms("CLOUD/fp32") == pytest.approx(12 + 75)
-    assert p.predict_ms("EDGE/slm", "long") == pytest.approx(4000 + 20 + 10)
-    p.observe("CLOUD/fp32", "", 187.0)
-    assert p.predict_ms("CLOUD/fp32") == pytest.approx(137.0)
+    assert p.predict_ms("cloud/fp32") == pytest.approx(12 + 75)
+    assert p.predict_ms("edge/slm", "long") == pytest.approx(4000 + 20 + 10)
+    p.observe("cloud/fp32", "", 187.0)
+    assert p.predict_ms("cloud/fp32") == pytest.approx(137.0)
     with pytest.raises(ValueError, match=r"ewma_alpha must be within 0\.\.1"):
         LatencyPredictor(ewma_alpha=2)
 
@@ -142,8 +142,12 @@ def test_bad_policy_config_names_the_key() -> None:
         make_policy("confidence", {"thr": 0.5})
     with pytest.raises(ValueError, match=r"threshold must be within 0\.\.1, got 1\.5"):
         make_policy("confidence", {"threshold": 1.5})
-    with pytest.raises(ValueError, match="route must be TIER/model"):
-        make_policy("confidence", {"cv_routes": ["GPU/fp32"]})
+    with pytest.raises(ValueError, match="route must be node/model"):
+        make_policy("confidence", {"cv_routes": ["edge/resnet"]})
+    with pytest.raises(ValueError, match="route must be node/model"):
+        make_policy("confidence", {"cv_routes": ["edge node/fp32"]})
+    # one spelling: node names are lower case
+    assert make_policy("confidence", {"cv_routes": ["EDGE/fp32"]}).cv_routes == ["edge/fp32"]
     with pytest.raises(ValueError, match=r"policies\[\]\.name must be one of"):
         make_policy("random")
 
@@ -155,17 +159,17 @@ def test_user_policy_in_a_few_lines() -> None:
             self.threshold = threshold
 
         async def decide(self, request, ctx):  # type: ignore[no-untyped-def]
-            first = await ctx.attempt("EDGE/int8")
+            first = await ctx.attempt("edge/int8")
             if first.ok and first.confidence >= self.threshold:
                 return first
-            return await ctx.attempt("CLOUD/fp32")
+            return await ctx.attempt("cloud/fp32")
 
     try:
         pol = make_policy("edge_first_test", {"threshold": 0.95})
         _, tried = run_policy(
-            pol, CV, {"EDGE/int8": ("ok", 0.9, 10.0), "CLOUD/fp32": ("ok", 0.99, 80.0)}
+            pol, CV, {"edge/int8": ("ok", 0.9, 10.0), "cloud/fp32": ("ok", 0.99, 80.0)}
         )
-        assert tried == ["EDGE/int8", "CLOUD/fp32"]
+        assert tried == ["edge/int8", "cloud/fp32"]
     finally:
         POLICIES.pop("edge_first_test", None)
 
@@ -173,9 +177,9 @@ def test_user_policy_in_a_few_lines() -> None:
 def test_energy_models() -> None:
     assert set(ENERGY_MODELS) >= {"device", "simulator"}
     radio = RadioModel()
-    mcu = Attempt(route="MCU/int8", outcome="ok", latency_ms=25.0, remote_energy_mj=2.0)
+    mcu = Attempt(route="mcu/int8", outcome="ok", latency_ms=25.0, remote_energy_mj=2.0)
     edge = Attempt(
-        route="EDGE/fp32",
+        route="edge/fp32",
         outcome="ok",
         latency_ms=35.0,
         remote_energy_mj=5.0,

@@ -29,7 +29,7 @@ def _row(
             id=i, kind="cv", deadline_ms=deadline_ms, difficulty="easy", label=7, image=bytes(784)
         )
         a = Attempt(
-            route="EDGE/fp32",
+            route="edge/fp32",
             outcome=outcome,
             latency_ms=latency_ms,
             prediction=pred,
@@ -49,7 +49,7 @@ def _row(
             lm_draw=0.5,
         )
         a = Attempt(
-            route="CLOUD/llm",
+            route="cloud/llm",
             outcome=outcome,
             latency_ms=latency_ms,
             quality=0.9,
@@ -140,25 +140,25 @@ def _req(i: int = 0) -> Request:
 
 def test_routes_never_sent_are_not_the_route() -> None:
     """Issue 11 defect 4: a request whose budget ran out before its escalation was listed under
-    the route it never sent (CLOUD/fp32). The route is the last one actually sent."""
-    first = Attempt(route="MCU/int8", outcome="ok", latency_ms=30.0, prediction=7,
+    the route it never sent (cloud/fp32). The route is the last one actually sent."""
+    first = Attempt(route="mcu/int8", outcome="ok", latency_ms=30.0, prediction=7,
                     confidence=0.5)
-    unsent = Attempt(route="CLOUD/fp32", outcome="not_sent",
+    unsent = Attempt(route="cloud/fp32", outcome="not_sent",
                      error="request budget spent before this attempt")
     row = make_record(request=_req(), policy="confidence", attempts=[first, unsent],
                       accepted=unsent, energy=make_energy_model("device").account([first], None),
                       elapsed_ms=2000.0, send_lag_ms=0.0, intended_send_s=0.0, actual_send_s=0.0)
-    assert row["route"] == "MCU/int8", row["route"]
-    assert row["attempts"] == "MCU/int8" and row["n_attempts"] == 1
+    assert row["route"] == "mcu/int8", row["route"]
+    assert row["attempts"] == "mcu/int8" and row["n_attempts"] == 1
     assert row["outcome"] == "abandoned" and math.isnan(row["latency_ms"])
-    assert "CLOUD/fp32" in row["attempts_json"]  # the unsent attempt stays visible as such
+    assert "cloud/fp32" in row["attempts_json"]  # the unsent attempt stays visible as such
     summary = summarize(pd.DataFrame([row], columns=list(RECORD_COLUMNS)))
-    assert "CLOUD" not in summary.loc[0, "route_mix"], summary.loc[0, "route_mix"]
+    assert "cloud" not in summary.loc[0, "route_mix"], summary.loc[0, "route_mix"]
     assert summary.loc[0, "outcomes"] == "abandoned=1"
 
 
 def test_nothing_sent_has_no_route() -> None:
-    unsent = Attempt(route="CLOUD/fp32", outcome="not_sent", error="budget")
+    unsent = Attempt(route="cloud/fp32", outcome="not_sent", error="budget")
     row = make_record(request=_req(), policy="p", attempts=[unsent], accepted=unsent,
                       energy=make_energy_model("device").account([unsent], None),
                       elapsed_ms=5.0, send_lag_ms=0.0, intended_send_s=0.0, actual_send_s=0.0)
@@ -168,7 +168,7 @@ def test_nothing_sent_has_no_route() -> None:
 
 def test_device_and_system_energy_are_separate_columns() -> None:
     """Issue 11 defect 5: the headline energy mixed the cloud's energy into the device's."""
-    cloud = Attempt(route="CLOUD/fp32", outcome="ok", latency_ms=90.0, prediction=7,
+    cloud = Attempt(route="cloud/fp32", outcome="ok", latency_ms=90.0, prediction=7,
                     confidence=0.9, remote_energy_mj=5000.0, bytes_tx=900, bytes_rx=700)
     row = make_record(request=_req(), policy="always_cloud", attempts=[cloud], accepted=cloud,
                       energy=make_energy_model("device").account([cloud], cloud),

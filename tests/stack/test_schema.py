@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from orchestrator.experiment import ExperimentError, load_experiment, parse_experiment
+from orchestrator.policies import make_policy
 from orchestrator.profiles import SIM_LATENCY_MS, SIM_RTT_RANGE_MS
 from orchestrator.workload import WorkloadSpec
 
@@ -41,8 +43,8 @@ def test_seed_reproduces_the_simulator_setup() -> None:
     # links: the simulator's integer-uniform RTT ranges from the device
     for name, link in exp.links.items():
         assert link.src == "device"
-        assert link.rtt_range_ms == SIM_RTT_RANGE_MS[link.dst.upper()], name
-    assert exp.rtt_mean_ms() == {"MCU": 0.0, "EDGE": 10.0, "CLOUD": 75.0}
+        assert link.rtt_range_ms == SIM_RTT_RANGE_MS[link.dst], name
+    assert exp.rtt_mean_ms() == {"mcu": 0.0, "edge": 10.0, "cloud": 75.0}
     # workload: the simulator's generator defaults; serial arrivals (no queues)
     defaults = WorkloadSpec()
     for key in ("n", "easy_ratio", "deadline_lo_ms", "deadline_hi_ms", "lm_ratio", "lm_long_ratio"):
@@ -104,7 +106,7 @@ def test_missing_tier_referenced_by_a_link_and_a_policy() -> None:
     problems = _problems(doc)
     text = "\n".join(problems)
     assert "links.device-cloud.dst: 'cloud' is neither 'device' nor a tier declared" in text
-    assert "policies[2] (always_cloud): route CLOUD/fp32 needs tier 'cloud'" in text
+    assert "policies[2] (always_cloud): route cloud/fp32 needs tier 'cloud'" in text
     assert "declared: edge, mcu" in text
 
 
@@ -115,7 +117,7 @@ def test_model_not_served_and_policy_params() -> None:
     problems = _problems(doc)
     text = "\n".join(problems)
     assert "policies[3].params (confidence): threshold must be within 0..1, got 1.5" in text
-    assert "policies[5] (hybrid): route MCU/int8 needs model 'int8'" in text
+    assert "policies[5] (hybrid): route mcu/int8 needs model 'int8'" in text
 
 
 BAD_VALUES = [
@@ -178,3 +180,33 @@ def test_trace_path_is_relative_to_the_file(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump(doc))
     exp = load_experiment(f)
     assert exp.arrival.params["path"] == str(tmp_path / "trace.csv")
+
+
+def test_nodes_are_named_apart_from_their_class() -> None:
+    """Two edge-class nodes under their own names; each gets the edge class's defaults."""
+    doc = {
+        "name": "two-edges",
+        "tiers": {"edge-1": {"class": "edge"}, "edge-2": {"class": "edge", "concurrency": 1},
+                  "cloud": {}},
+        "links": {"device-edge-2": {"src": "device", "dst": "edge-2", "rtt_range_ms": [2, 6]}},
+        "policies": [{"name": "always_edge",
+                      "params": {"cv_route": "EDGE-2/fp32", "lm_route": "edge-1/slm"}}],
+    }
+    exp = parse_experiment(doc, "two-edges.yaml")
+    assert {n: t.node_class for n, t in exp.tiers.items()} == {
+        "edge-1": "edge", "edge-2": "edge", "cloud": "cloud"}
+    assert exp.tiers["edge-2"].concurrency == 1 and exp.tiers["edge-1"].concurrency == 2
+    assert exp.device_latency_ms()["edge-2"]["fp32"] == SIM_LATENCY_MS["edge"]["fp32"]
+    assert exp.rtt_mean_ms() == {"edge-1": 0.0, "edge-2": 4.0, "cloud": 0.0}
+    assert make_policy("always_edge", exp.policies[0].params).cv_routes == ["edge-2/fp32"]
+
+
+@pytest.mark.parametrize(("tiers", "expect"), [
+    ({"edge-1": {}}, "class"),  # not a class name: the class must be given
+    ({"edge-1": {"class": "tpu"}}, "must be one of"),
+    ({"Edge 1": {"class": "edge"}}, "node names must be lower case"),
+    ({"device": {"class": "edge"}}, "names the request source"),
+])
+def test_bad_nodes_name_the_key(tiers: dict[str, Any], expect: str) -> None:
+    problems = _problems({"name": "x", "tiers": tiers, "policies": ["always_cloud"]})
+    assert any(p.startswith("tiers") and expect in p for p in problems), problems
