@@ -255,7 +255,7 @@ class LinkSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     src: str = "device"
-    dst: str = "edge"
+    dst: str = "node"  # a label here; the orchestrator checks it names a node
     up: DirectionSpec = ZERO
     down: DirectionSpec = ZERO
     rtt_range_ms: tuple[int, int] | None = None

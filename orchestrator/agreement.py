@@ -27,6 +27,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from netem.proxy import proxy_subprocess
 from orchestrator.profiles import SIM_LATENCY_MS, SIM_RTT_RANGE_MS
 from orchestrator.run import run_experiment
+from services.tier.classes import ESCALATION_LADDER
+
+CLOUD = ESCALATION_LADDER[-1]  # the simulator's cloud row, served by a node named after it
+LINK = f"device-{CLOUD}"
 
 
 @contextmanager
@@ -74,9 +78,9 @@ class Agreement:
         return 100.0 * abs(self.measured_ms - self.law_expected_ms) / self.law_expected_ms
 
     def report(self) -> str:
-        compute = SIM_LATENCY_MS["cloud"]["fp32"]
+        compute = SIM_LATENCY_MS[CLOUD]["fp32"]
         return (
-            f"simulator: CLOUD fp32 {compute:.0f} ms + RTT U{list(SIM_RTT_RANGE_MS['cloud'])}; "
+            f"simulator: CLOUD fp32 {compute:.0f} ms + RTT U{list(SIM_RTT_RANGE_MS[CLOUD])}; "
             f"same draws: {compute:.0f} + {self.drawn_rtt_ms:.2f} = {self.expected_ms:.2f} ms, "
             f"law: {self.law_expected_ms:.1f} ms; testbed mean {self.measured_ms:.2f} ms = device "
             f"{self.device_ms:.2f} + link {self.link_delay_ms:.2f} + HTTP/host "
@@ -94,32 +98,33 @@ def measure_agreement(
     from services.tier.process import start_tier
 
     out = Path(out_dir)
-    lo, hi = SIM_RTT_RANGE_MS["cloud"]
+    lo, hi = SIM_RTT_RANGE_MS[CLOUD]
     replay = {"progress": False, "concurrency": 32, "realtime": realtime, "host_lead": "off"}
     workload = {"n": n, "lm_ratio": 0.0}
     arrival = {"process": "poisson", "params": {"rate_rps": rate_rps}}
     with ExitStack() as stack:
         cloud = stack.enter_context(start_tier(
-            "cloud", device_time="profile",
+            CLOUD, device_time="profile",
             config_overrides={"concurrency": 16, "queue_limit": 1024}, ready_timeout_s=60,
         ))  # fmt: skip
         base = run_experiment({
             "workload": {"n": baseline_n, "lm_ratio": 0.0}, "arrival": arrival,
             "policies": ["always_cloud"], "replay": replay,
-        }, out / "baseline", targets={"cloud": cloud.url}, plots=False).records  # fmt: skip
-        urls = stack.enter_context(link_proxy({"device-cloud": {
-            "src": "device", "dst": "cloud", "rtt_range_ms": [lo, hi],
+        }, out / "baseline", targets={CLOUD: cloud.url}, plots=False).records  # fmt: skip
+        urls = stack.enter_context(link_proxy({LINK: {
+            "src": "device", "dst": CLOUD, "rtt_range_ms": [lo, hi],
             "target": f"{cloud.host}:{cloud.port}"}}, seed=seed))  # fmt: skip
         rec = run_experiment({
             "workload": workload, "arrival": arrival, "policies": ["always_cloud"],
             "replay": replay,
-        }, out / "linked", targets={"cloud": urls["device-cloud"]}, plots=False,
+        }, out / "linked", targets={CLOUD: urls[LINK]}, plots=False,
             probe=False).records  # fmt: skip
-        link = link_counters(urls["control"], "device-cloud")
+        link = link_counters(urls["control"], LINK)
     count = link.get("edgebed_link_delay_seconds_count", 0.0) or 1.0
     chunks = int(link.get("edgebed_link_chunks_total", 0))
-    drawn_ms = 1e3 * link.get("edgebed_link_drawn_delay_seconds_total", 0.0) / max(chunks, 1)
-    compute_ms = SIM_LATENCY_MS["cloud"]["fp32"]
+    draws = int(link.get("edgebed_link_messages_total", 0))  # one draw per message
+    drawn_ms = 1e3 * link.get("edgebed_link_drawn_delay_seconds_total", 0.0) / max(draws, 1)
+    compute_ms = SIM_LATENCY_MS[CLOUD]["fp32"]
     return Agreement(
         n=n,
         expected_ms=compute_ms + drawn_ms,

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from common.validation import problems
 from orchestrator.client import Attempt
 from orchestrator.profiles import SIM_ENERGY_FACTOR, SIM_ENERGY_MJ_PER_MS
+from services.tier.classes import ESCALATION_LADDER
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class RadioModel(BaseModel):
     wait_power_mw: float = Field(default=100.0, ge=0, le=1e6, allow_inf_nan=False)
     uplink_kbps: float = Field(default=6000.0, gt=0, le=1e9, allow_inf_nan=False)
     downlink_kbps: float = Field(default=6000.0, gt=0, le=1e9, allow_inf_nan=False)
-    local_tier: str = "mcu"  # attempts on a node of this class (or name) run on the device
+    local_tier: str = ESCALATION_LADDER[0]  # attempts on a node of this class (or name) run on the device
     # itself: no radio
 
 

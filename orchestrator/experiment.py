@@ -40,11 +40,11 @@ from orchestrator.energy import ENERGY_MODELS, make_energy_model
 from orchestrator.policies import POLICIES, make_policy
 from orchestrator.profiles import SIM_LM_EXTRA_MS, split_route
 from orchestrator.workload import Seeds, WorkloadSpec
-from services.tier.classes import class_names
+from services.tier.classes import DEFAULT_NODES
 from services.tier.config import TierConfig, TierConfigError, node_config_data
 
 # the nodes an experiment without a ``tiers`` section gets: the teaching simulator's three
-TIER_NAMES: tuple[str, ...] = tuple(n for n in class_names() if n in ("mcu", "edge", "cloud"))
+TIER_NAMES: tuple[str, ...] = DEFAULT_NODES
 NODE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 MAX_NODES = 64
 DEVICE = "device"  # the request source: the orchestrator itself, until device groups exist
@@ -329,6 +329,15 @@ class Experiment(BaseModel):
             out[name] = row
         return out
 
+    def node_infos(self) -> dict[str, Any]:
+        """What policies know of each node (``orchestrator.policies.NodeInfo``)."""
+        from orchestrator.policies import NodeInfo
+
+        rtt = self.rtt_mean_ms()
+        return {name: NodeInfo(name, str(t.node_class), rtt.get(name, 0.0), t.concurrency,
+                               tuple(t.served_models))
+                for name, t in self.tiers.items()}
+
     def rtt_mean_ms(self) -> dict[str, float]:
         """Configured mean round trip from the device to each tier (0 without a link)."""
         out = {name: 0.0 for name in self.tiers}
@@ -421,9 +430,10 @@ def _check_policies(exp: Experiment) -> list[str]:
     labels = exp.policy_labels()
     if len(set(labels)) != len(labels):
         problems.append(f"policies: the same policy with the same params is listed twice: {labels}")
+    nodes = exp.node_infos()
     for i, pol in enumerate(exp.policies):
         try:
-            policy = make_policy(pol.name, pol.params)
+            policy = make_policy(pol.name, pol.params, nodes)
         except (TypeError, ValueError) as exc:
             problems.append(f"policies[{i}].params ({pol.name}): {exc}")
             continue
@@ -435,6 +445,9 @@ def _check_policies(exp: Experiment) -> list[str]:
                 *(policy.lm_routes if exp.workload.lm_ratio > 0 else []),
             ]
         for route in routes:
+            if route in policy.unresolved:
+                problems.append(f"policies[{i}] ({pol.name}): {policy.unresolved[route]}")
+                continue
             tier, model = split_route(route)
             if tier not in exp.tiers:
                 problems.append(

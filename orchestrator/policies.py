@@ -4,7 +4,12 @@ A policy is a class with an async ``decide(request, ctx)``: it calls ``await ctx
 for every route it wants to try (each attempt really runs over HTTP; its time and energy count)
 and returns the attempt it accepts. ``ctx.predict_ms(route)`` gives the predicted latency of a
 route (tier profile + link RTT, optionally corrected online by an EWMA of what was observed) and
-``ctx.remaining_ms()`` the deadline budget left. Add a policy::
+``ctx.remaining_ms()`` the deadline budget left.
+
+A route is ``node/model`` (``edge-2/fp32``) or ``@class/model`` (``@edge/fp32``: the device's
+nearest node of class edge that serves the model, by configured round trip; ties by name).
+:func:`make_policy` binds a policy to the experiment's nodes (:class:`NodeInfo`), which resolves
+its selectors; the built-in policies name classes only, never nodes. Add a policy::
 
     @register_policy("edge_first")
     class EdgeFirst(Policy):
@@ -22,7 +27,9 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.client import Attempt
@@ -31,10 +38,54 @@ from orchestrator.profiles import (
     SIM_LATENCY_MS,
     SIM_LM_EXTRA_MS,
     SIM_RTT_RANGE_MS,
+    TIERS,
+    parse_route,
     sim_model_latency_ms,
     split_route,
 )
 from orchestrator.workload import Request
+from services.tier import simulator
+from services.tier.classes import ESCALATION_LADDER, class_names
+
+LOCAL, EDGE, CLOUD = (f"@{c}" for c in ESCALATION_LADDER)  # class selectors, not node names
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a policy may know about a node before sending: its class, the configured mean round
+    trip from the device, its device slots and the models it serves (empty: unknown)."""
+
+    name: str
+    node_class: str
+    rtt_ms: float = 0.0
+    concurrency: int = 1
+    models: tuple[str, ...] = ()
+
+
+def default_nodes() -> dict[str, NodeInfo]:
+    """The nodes of an experiment without ``tiers:``: one per default class, named after it."""
+    return {
+        c: NodeInfo(c, c, sum(SIM_RTT_RANGE_MS.get(c, (0, 0))) / 2.0,
+                    models=tuple(simulator.MODEL_LATENCY_MS.get(c, {})))
+        for c in TIERS
+    }
+
+
+def resolve_route(route: str, nodes: Mapping[str, NodeInfo]) -> tuple[str, str | None]:
+    """``(node/model, None)`` for a route or a selector that resolves, else ``(route, why)``."""
+    node, model = parse_route(route)
+    if not node.startswith("@"):
+        return f"{node}/{model}", None
+    wanted = node[1:]
+    if wanted not in class_names():
+        return route, f"route {route}: {wanted!r} is not a class; classes: {', '.join(class_names())}"
+    fits = [n for n in nodes.values()
+            if n.node_class == wanted and (not n.models or model in n.models)]
+    if not fits:
+        have = ", ".join(f"{n.name} ({n.node_class})" for n in nodes.values()) or "none"
+        return route, f"route {route}: no node of class {wanted} serves {model} (nodes: {have})"
+    best = min(fits, key=lambda n: (n.rtt_ms, n.name))
+    return f"{best.name}/{model}", None
 
 
 class LatencyPredictor:
@@ -124,13 +175,32 @@ class Policy:
     """Base class: ``decide`` returns the accepted attempt (or the last one tried)."""
 
     name: str = "policy"
+    nodes: dict[str, NodeInfo]
+    unresolved: dict[str, str]  # selector -> why it names no node (reported if it is used)
+
+    def bind(self, nodes: Mapping[str, NodeInfo]) -> None:
+        """Resolve the class selectors in ``cv_routes``/``lm_routes`` against ``nodes``."""
+        self.nodes = dict(nodes)
+        self.unresolved = {}
+        for attr in ("cv_routes", "lm_routes"):
+            if not hasattr(self, attr):
+                continue
+            out = []
+            for route in getattr(self, attr):
+                resolved, why = resolve_route(route, nodes)
+                if why:
+                    self.unresolved[route] = why
+                out.append(resolved)
+            setattr(self, attr, out)
 
     async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
         raise NotImplementedError
 
     def routes(self) -> list[str]:
         """Routes this policy may use (pre-initialises metric labels)."""
-        return [r for attr in ("cv_routes", "lm_routes") for r in getattr(self, attr, [])]
+        unresolved = getattr(self, "unresolved", {})
+        return [r for attr in ("cv_routes", "lm_routes") for r in getattr(self, attr, [])
+                if r not in unresolved]
 
 
 POLICIES: dict[str, type[Policy]] = {}
@@ -147,7 +217,7 @@ def register_policy(name: str) -> Callable[[type[Policy]], type[Policy]]:
 
 def _check_routes(key: str, routes: Sequence[str], n: int | None = None) -> list[str]:
     try:
-        routes = ["/".join(split_route(r)) for r in routes]
+        routes = ["/".join(parse_route(r)) for r in routes]
     except ValueError as exc:
         raise ValueError(f"{key}: {exc}") from exc
     if not routes or (n is not None and len(routes) != n):
@@ -174,8 +244,8 @@ def _pick(request: Request, cv: list[str], lm: list[str]) -> list[str]:
 
 
 class _Single(Policy):
-    cv_default = "mcu/tinycnn"
-    lm_default = "mcu/slm"
+    cv_default = f"{LOCAL}/tinycnn"
+    lm_default = f"{LOCAL}/slm"
 
     def __init__(self, cv_route: str | None = None, lm_route: str | None = None) -> None:
         self.cv_routes = _check_routes("cv_route", [cv_route or self.cv_default], 1)
@@ -194,21 +264,21 @@ class AlwaysLocal(_Single):
 class AlwaysEdge(_Single):
     """CV → edge/fp32; LM → edge/slm (the simulator's suggested extension)."""
 
-    cv_default = "edge/fp32"
-    lm_default = "edge/slm"
+    cv_default = f"{EDGE}/fp32"
+    lm_default = f"{EDGE}/slm"
 
 
 @register_policy("always_cloud")
 class AlwaysCloud(_Single):
     """CV → cloud/fp32; LM → cloud/llm."""
 
-    cv_default = "cloud/fp32"
-    lm_default = "cloud/llm"
+    cv_default = f"{CLOUD}/fp32"
+    lm_default = f"{CLOUD}/llm"
 
 
 class _Ladder(Policy):
-    cv_default: tuple[str, ...] = ("mcu/int8", "edge/fp32", "cloud/fp32")
-    lm_default: tuple[str, ...] = ("mcu/slm", "edge/slm", "cloud/llm")
+    cv_default: tuple[str, ...] = (f"{LOCAL}/int8", f"{EDGE}/fp32", f"{CLOUD}/fp32")
+    lm_default: tuple[str, ...] = (f"{LOCAL}/slm", f"{EDGE}/slm", f"{CLOUD}/llm")
 
     def __init__(
         self, cv_routes: Sequence[str] | None = None, lm_routes: Sequence[str] | None = None
@@ -247,7 +317,7 @@ class LatencyAware(_Ladder):
     after running), the choice is made before sending; a failed attempt escalates.
     """
 
-    cv_default = ("mcu/tinycnn", "edge/tinycnn", "cloud/fp32")
+    cv_default = (f"{LOCAL}/tinycnn", f"{EDGE}/tinycnn", f"{CLOUD}/fp32")
 
     def __init__(self, margin: float = 0.9, **routes: Any) -> None:
         super().__init__(**routes)
@@ -294,8 +364,81 @@ class Hybrid(_Ladder):
         return a
 
 
-def make_policy(name: str, params: dict[str, Any] | None = None) -> Policy:
-    """Instantiate a registered policy, naming the bad key on error."""
+class _ClassSpread(Policy):
+    """Base of the policies that pick one node among all nodes of a class."""
+
+    def __init__(self, node_class: str = ESCALATION_LADDER[1], cv_model: str = "fp32",
+                 lm_model: str = "slm") -> None:
+        if node_class not in class_names():
+            raise ValueError(f"node_class must be one of {class_names()}, got {node_class!r}")
+        split_route(f"x/{cv_model}")
+        split_route(f"x/{lm_model}")
+        self.node_class, self.cv_model, self.lm_model = node_class, cv_model, lm_model
+        self.cv_routes = [f"@{node_class}/{cv_model}"]
+        self.lm_routes = [f"@{node_class}/{lm_model}"]
+
+    def bind(self, nodes: Mapping[str, NodeInfo]) -> None:
+        super().bind(nodes)  # reports "no node of the class" through ``unresolved``
+        for attr, model in (("cv_routes", self.cv_model), ("lm_routes", self.lm_model)):
+            fits = sorted(n.name for n in nodes.values() if n.node_class == self.node_class
+                          and (not n.models or model in n.models))
+            if fits:
+                setattr(self, attr, [f"{n}/{model}" for n in fits])
+
+    def score(self, route: str, request: Request, ctx: PolicyContext) -> float:
+        raise NotImplementedError
+
+    async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
+        routes = _pick(request, self.cv_routes, self.lm_routes)
+        best = min(routes, key=lambda r: (self.score(r, request, ctx), r))
+        return await ctx.attempt(best)
+
+
+@register_policy("nearest")
+class Nearest(_ClassSpread):
+    """Every request to the node of ``node_class`` with the least expected latency without
+    load: configured round trip + the node's device time (the predictor's prior)."""
+
+    def score(self, route: str, request: Request, ctx: PolicyContext) -> float:
+        return ctx.predictor.prior_ms(route, request.length)
+
+
+@register_policy("least_loaded")
+class LeastLoaded(_ClassSpread):
+    """Shortest expected delay across the nodes of ``node_class``: round trip + device time ×
+    (1 + waiting ÷ slots), where waiting is the larger of what the node last reported (its
+    queue and busy slots, on every answer) and what this policy has in flight there."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.in_flight: dict[str, int] = defaultdict(int)
+        self.reported: dict[str, int] = {}
+
+    def score(self, route: str, request: Request, ctx: PolicyContext) -> float:
+        node = route.split("/", 1)[0]
+        info = self.nodes.get(node, NodeInfo(node, self.node_class))
+        device_ms = max(0.0, ctx.predictor.prior_ms(route, request.length) - info.rtt_ms)
+        waiting = max(self.reported.get(node, 0), self.in_flight[node])
+        return info.rtt_ms + device_ms * (1.0 + waiting / max(1, info.concurrency))
+
+    async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
+        routes = _pick(request, self.cv_routes, self.lm_routes)
+        best = min(routes, key=lambda r: (self.score(r, request, ctx), r))
+        node = best.split("/", 1)[0]
+        self.in_flight[node] += 1
+        try:
+            a = await ctx.attempt(best)
+        finally:
+            self.in_flight[node] -= 1
+        if a.queue_depth >= 0:  # the node's load as it answered, this request excluded
+            self.reported[node] = a.queue_depth + max(0, a.in_service - 1)
+        return a
+
+
+def make_policy(name: str, params: dict[str, Any] | None = None,
+                nodes: Mapping[str, NodeInfo] | None = None) -> Policy:
+    """Instantiate a registered policy bound to ``nodes`` (default: the three default nodes),
+    naming the bad key on error."""
     if name not in POLICIES:
         raise ValueError(f"policies[].name must be one of {sorted(POLICIES)}, got {name!r}")
     cls = POLICIES[name]
@@ -307,11 +450,19 @@ def make_policy(name: str, params: dict[str, Any] | None = None) -> Policy:
         for p in sig.parameters
         if p not in ("self",) and sig.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD
     ]
-    if accepts_kwargs:
-        allowed += ["cv_routes", "lm_routes"]
+    if accepts_kwargs:  # what **params passes on to: the nearest base's own parameters
+        base_init = next((b.__dict__["__init__"] for b in cls.__mro__[1:]
+                          if "__init__" in b.__dict__ and b is not object), None)
+        if base_init is not None:
+            base_params = inspect.signature(base_init).parameters
+            allowed += [p for p, v in base_params.items()
+                        if p != "self" and p not in allowed
+                        and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
     for key in params:
         if key not in allowed:
             raise ValueError(
                 f"policies[{name}].params.{key} is not a parameter; allowed: {allowed}"
             )
-    return cls(**params)
+    policy = cls(**params)
+    policy.bind(nodes if nodes is not None else default_nodes())
+    return policy

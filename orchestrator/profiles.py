@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 
+from services.tier import classes as _classes
 from services.tier import simulator as _tier_sim
 
-TIERS: tuple[str, ...] = ("mcu", "edge", "cloud")
+TIERS: tuple[str, ...] = _classes.DEFAULT_NODES
 CV_MODELS: tuple[str, ...] = _tier_sim.VISION_MODELS
 LM_MODELS: tuple[str, ...] = _tier_sim.LM_MODELS
 
@@ -20,7 +21,7 @@ SIM_LATENCY_MS: dict[str, dict[str, float]] = {
     t: dict(v) for t, v in _tier_sim.MODEL_LATENCY_MS.items()
 }
 SIM_ENERGY_FACTOR: dict[str, float] = dict(_tier_sim.ENERGY_FACTOR)
-SIM_RTT_RANGE_MS: dict[str, tuple[int, int]] = {"mcu": (0, 0), "edge": (5, 15), "cloud": (30, 120)}
+SIM_RTT_RANGE_MS: dict[str, tuple[int, int]] = dict(_tier_sim.RTT_RANGE_MS)
 SIM_ENERGY_MJ_PER_MS = _tier_sim.SIMULATOR_MJ_PER_MS
 # LM requests add a per-length overhead on top of the base (cloud vs on-device tiers).
 SIM_LM_EXTRA_MS: dict[str, dict[str, float]] = {
@@ -38,18 +39,27 @@ SIM_LM_QUALITY: dict[str, dict[str, float]] = {
 NODE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
+def parse_route(route: str) -> tuple[str, str]:
+    """Like :func:`split_route`, but the node part may also be a class selector ``@class``
+    (the device's nearest node of that class, resolved by ``orchestrator.policies``)."""
+    if isinstance(route, str) and route.startswith("@"):
+        node, model = split_route(route[1:])
+        return "@" + node, model
+    return split_route(route)
+
+
 def split_route(route: str) -> tuple[str, str]:
     """``"edge/fp32"`` → ``("edge", "fp32")``; raises ValueError naming the route otherwise.
 
     The node part is a node name (lower case; ``EDGE/fp32`` is read as ``edge/fp32``); whether
     the experiment has that node and it serves the model is checked against the experiment.
     """
-    node, sep, model = route.partition("/")
+    node, sep, model = str(route).partition("/")
     node = node.lower()
     if not sep or not NODE_NAME.match(node) or model not in (*CV_MODELS, *LM_MODELS):
         raise ValueError(
-            f"route must be node/model with a node name (e.g. {', '.join(TIERS)}) and model in "
-            f"{[*CV_MODELS, *LM_MODELS]}, got {route!r}"
+            f"route must be node/model (or @class/model) with a node name (e.g. "
+            f"{', '.join(TIERS)}) and model in {[*CV_MODELS, *LM_MODELS]}, got {route!r}"
         )
     return node, model
 

@@ -44,11 +44,11 @@ from orchestrator.replay import Pass, PassStats, normalise_targets, replay
 from orchestrator.scenario import AppliedEvent, StackController, apply_rate_steps
 from orchestrator.summary import summarize, write_summary
 from orchestrator.workload import EvalSet, generate_workload
+from services.tier.classes import DEFAULT_NODES
 
+# the default nodes on the compose stack's published ports (8101, 8102, 8103)
 DEFAULT_TARGETS: dict[str, str] = {
-    "mcu": "http://127.0.0.1:8101",
-    "edge": "http://127.0.0.1:8102",
-    "cloud": "http://127.0.0.1:8103",
+    name: f"http://127.0.0.1:{8101 + i}" for i, name in enumerate(DEFAULT_NODES)
 }
 FAILED_OUTCOMES_ALL = "every request of every policy failed"
 
@@ -214,7 +214,7 @@ async def arun_experiment(
         make_schedule(exp.arrival.process, len(requests), exp.seeds.arrivals, exp.arrival.params),
         exp.scenario)
     passes = [
-        Pass(label, make_policy(p.name, p.params),
+        Pass(label, make_policy(p.name, p.params, exp.node_infos()),
              make_energy_model(exp.energy.model, exp.energy.params),  # fresh state per pass
              LatencyPredictor(device_ms=exp.device_latency_ms(), rtt_ms=exp.rtt_mean_ms(),
                               ewma_alpha=exp.predictor.ewma_alpha),

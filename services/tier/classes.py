@@ -72,6 +72,12 @@ CLASSES: dict[str, NodeClass] = {
 }
 
 
+# The teaching simulator's escalation order: on the device, at the edge, in the cloud. The
+# built-in policies' default routes name these classes (``@mcu/tinycnn``), never a node.
+ESCALATION_LADDER: tuple[str, str, str] = ("mcu", "edge", "cloud")
+DEFAULT_NODES: tuple[str, ...] = ESCALATION_LADDER  # an experiment without ``tiers:`` has these
+
+
 def class_names() -> list[str]:
     """The registered class names, in registry order."""
     return list(CLASSES)

@@ -17,6 +17,9 @@ MODEL_LATENCY_MS: dict[str, dict[str, float]] = {
 
 ENERGY_FACTOR: dict[str, float] = {"mcu": 1.0, "edge": 1.4, "cloud": 1.9}
 
+# Round trip (ms) from the device to each tier: uniform integers in [lo, hi] per request.
+RTT_RANGE_MS: dict[str, tuple[int, int]] = {"mcu": (0, 0), "edge": (5, 15), "cloud": (30, 120)}
+
 # Simulator energy formula: energy_mj = energy factor × latency_ms × SIMULATOR_MJ_PER_MS.
 SIMULATOR_MJ_PER_MS = 0.02
 

@@ -106,7 +106,8 @@ def test_missing_tier_referenced_by_a_link_and_a_policy() -> None:
     problems = _problems(doc)
     text = "\n".join(problems)
     assert "links.device-cloud.dst: 'cloud' is neither 'device' nor a tier declared" in text
-    assert "policies[2] (always_cloud): route cloud/fp32 needs tier 'cloud'" in text
+    assert ("policies[2] (always_cloud): route @cloud/fp32: no node of class cloud serves fp32 "
+            "(nodes: mcu (mcu), edge (edge))") in text
     assert "declared: edge, mcu" in text
 
 
@@ -117,7 +118,10 @@ def test_model_not_served_and_policy_params() -> None:
     problems = _problems(doc)
     text = "\n".join(problems)
     assert "policies[3].params (confidence): threshold must be within 0..1, got 1.5" in text
-    assert "policies[5] (hybrid): route mcu/int8 needs model 'int8'" in text
+    assert "policies[5] (hybrid): route @mcu/int8: no node of class mcu serves int8" in text
+    # a route naming the node itself is checked against what the node serves
+    doc["policies"][5] = {"name": "hybrid", "params": {"cv_routes": ["mcu/int8", "cloud/fp32"]}}
+    assert "policies[5] (hybrid): route mcu/int8 needs model 'int8'" in "\n".join(_problems(doc))
 
 
 BAD_VALUES = [

@@ -168,3 +168,28 @@ def test_poisson_arrivals_make_the_mcu_queue(state_dir: Path) -> None:
     # M/D/1 at utilisation 0.8 expects 40 ms mean wait; require clearly non-zero queueing
     assert mean_queue > 10, f"mean MCU queue {mean_queue:.1f} ms: no queueing"
     assert cloud[cloud.outcome == "ok"].queue_ms.mean() < mean_queue / 2
+
+
+def test_least_loaded_spreads_what_nearest_piles_on_one_edge(state_dir: Path) -> None:
+    """experiments/two-edges.yaml: two edge-class nodes named apart from their class, one slot
+    each. ``nearest`` sends everything to the closer node, which cannot keep up (60 req/s for
+    ~45); ``least_loaded`` reads each node's reported load and its own in-flight requests and
+    uses both, so it meets far more deadlines."""
+    from orchestrator.stack.demo import run_on_stack
+
+    exp = load_experiment(REPO / "experiments" / "two-edges.yaml")
+    exp = exp.with_overrides({"workload.n": 150})
+    state = manager.up(exp, state_dir, prometheus="off")
+    try:
+        result, _ = run_on_stack(exp, state, state_dir / "run", progress=False, plots=False,
+                                 log=lambda _: None)
+    finally:
+        manager.down(state_dir)
+    rec = result.records
+    met = rec.groupby("policy")["deadline_met"].mean() * 100
+    nodes = {p: set(g.route.str.split("/").str[0]) for p, g in rec.groupby("policy")}
+    print(f"deadline met: {met.round(1).to_dict()}; nodes used: {nodes}")
+    assert len(rec) == 300 and rec.id.is_unique is False  # 150 requests x 2 policies
+    assert nodes["nearest"] == {"edge-near"}
+    assert nodes["least_loaded"] == {"edge-near", "edge-far"}
+    assert met["least_loaded"] >= met["nearest"] + 30, met.to_dict()
