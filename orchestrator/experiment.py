@@ -258,6 +258,10 @@ class Experiment(BaseModel):
     tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers,  # type: ignore[arg-type]
                                          validate_default=True)
     links: dict[str, LinkSpec] = Field(default_factory=dict)
+    paths: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="declared paths from the device: node -> link names in order (else the "
+        "shortest by configured mean round trip)")
     link_backend: Literal["auto", "tc", "proxy", "none"] = "proxy"
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     arrival: ArrivalSpec = Field(default_factory=ArrivalSpec)
@@ -338,12 +342,18 @@ class Experiment(BaseModel):
                                tuple(t.served_models))
                 for name, t in self.tiers.items()}
 
+    def node_paths(self) -> dict[str, Any]:
+        """Each reachable node's path from the device (``orchestrator.topology.Path``)."""
+        from orchestrator.topology import node_paths
+
+        return {n: p for n, p in node_paths(self.links, self.paths).items() if n in self.tiers}
+
     def rtt_mean_ms(self) -> dict[str, float]:
-        """Configured mean round trip from the device to each tier (0 without a link)."""
+        """Configured mean round trip from the device to each node along its path (0 for a
+        node no link reaches: it is reached directly)."""
         out = {name: 0.0 for name in self.tiers}
-        for link in self.links.values():
-            if link.src == DEVICE and link.dst in self.tiers:
-                out[link.dst] = float(link.rtt_mean_ms())
+        for name, path in self.node_paths().items():
+            out[name] = float(path.rtt_mean_ms)
         return out
 
     def topology(self) -> Topology:
@@ -402,12 +412,6 @@ def _check_links(exp: Experiment) -> list[str]:
                 )
         if link.src == link.dst:
             problems.append(f"links.{lname}: src and dst must differ, both are {link.src!r}")
-        elif link.src != DEVICE and link.src in exp.tiers and link.dst in exp.tiers:
-            # tiers do not forward requests (yet): no request could ever cross such a link
-            problems.append(
-                f"links.{lname}: a link between two tiers ({link.src} → {link.dst}) is never "
-                f"crossed: requests go from {DEVICE!r} to one tier; use src: {DEVICE}"
-            )
         elif link.dst == DEVICE:
             problems.append(
                 f"links.{lname}: dst must be a tier and src {DEVICE!r} (up is the request "
@@ -421,6 +425,25 @@ def _check_links(exp: Experiment) -> list[str]:
                 f"links.{lname}: duplicates links.{pairs[pair]} ({pair[0]} → {pair[1]})"
             )
         pairs[pair] = lname
+    if problems:
+        return problems
+    from orchestrator.topology import check_declared_path, node_paths
+
+    for dst, hops in exp.paths.items():
+        if dst not in exp.tiers:
+            problems.append(f"paths.{dst}: unknown node {dst!r}; nodes: {', '.join(declared)}")
+        else:
+            problems += check_declared_path(dst, hops, exp.links)
+    if problems:
+        return problems
+    crossed = {h for p in node_paths(exp.links, exp.paths).values() for h in p.hops}
+    for lname in exp.links:
+        if lname not in crossed:  # a link no request from the device ever crosses
+            problems.append(
+                f"links.{lname}: no path from {DEVICE!r} crosses it (each node is reached by "
+                f"its declared path or the shortest by mean RTT); remove it or declare a path "
+                f"under paths"
+            )
     return problems
 
 

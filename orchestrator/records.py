@@ -28,6 +28,9 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "difficulty",
     "length",
     "route",
+    "node",
+    "node_class",
+    "path",
     "attempts",
     "n_attempts",
     "outcome",
@@ -75,11 +78,14 @@ def make_record(
     schedule_s: float = math.nan,
     outcome: str | None = None,
     phase: str = "",
+    paths: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One row of records.csv.
 
     ``route`` is the route that answered, else the last route actually sent (an attempt the
-    budget never allowed is listed in ``attempts_json`` as ``not_sent`` but is no route)."""
+    budget never allowed is listed in ``attempts_json`` as ``not_sent`` but is no route);
+    ``node``, ``node_class`` and ``path`` (the links crossed, ``a>b``; ``direct`` without one;
+    from ``paths``: node -> path) describe that route."""
     answered = accepted is not None and accepted.ok and outcome in (None, "ok")
     sent = [a for a in attempts if a.sent]
     final = accepted if answered else (sent[-1] if sent else None)
@@ -109,6 +115,9 @@ def make_record(
         "difficulty": request.difficulty,
         "length": request.length,
         "route": final.route if final is not None else "",
+        "node": final.tier if final is not None else "",
+        "node_class": final.hw_class if final is not None else "",
+        "path": (paths or {}).get(final.tier, "") if final is not None else "",
         "attempts": ">".join(a.route for a in sent),
         "n_attempts": len(sent),
         "outcome": outcome,
@@ -204,6 +213,9 @@ _STR_COLS = (
     "difficulty",
     "length",
     "route",
+    "node",
+    "node_class",
+    "path",
     "attempts",
     "outcome",
     "phase",

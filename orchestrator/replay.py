@@ -115,6 +115,7 @@ class Pass:
     energy_model: EnergyModel
     predictor: LatencyPredictor
     node_classes: dict[str, str] = field(default_factory=dict)  # node name -> hardware class
+    node_paths: dict[str, str] = field(default_factory=dict)  # node -> "link>link" | "direct"
 
 
 BeforePass = Callable[[str], Awaitable[dict[str, float]]]
@@ -203,6 +204,7 @@ async def replay_policy(
                 actual_send_s=t_send - origin,
                 outcome=outcome,
                 phase=phase_at(t_pass, scenario),
+                paths=run.node_paths,
             )
             if error:
                 row["error"] = error

@@ -46,7 +46,14 @@ from orchestrator.summary import summarize, write_summary
 from orchestrator.workload import EvalSet, generate_workload
 from services.tier.classes import DEFAULT_NODES
 
+
 # the default nodes on the compose stack's published ports (8101, 8102, 8103)
+def node_path_labels(exp: Experiment) -> dict[str, str]:
+    """Per node, the links a request crosses to reach it (``a>b``), or ``direct``."""
+    paths = exp.node_paths()
+    return {n: ">".join(paths[n].hops) if n in paths else "direct" for n in exp.tiers}
+
+
 DEFAULT_TARGETS: dict[str, str] = {
     name: f"http://127.0.0.1:{8101 + i}" for i, name in enumerate(DEFAULT_NODES)
 }
@@ -218,7 +225,8 @@ async def arun_experiment(
              make_energy_model(exp.energy.model, exp.energy.params),  # fresh state per pass
              LatencyPredictor(device_ms=exp.device_latency_ms(), rtt_ms=exp.rtt_mean_ms(),
                               ewma_alpha=exp.predictor.ewma_alpha),
-             {name: str(t.node_class) for name, t in exp.tiers.items()})
+             {name: str(t.node_class) for name, t in exp.tiers.items()},
+             node_path_labels(exp))
         for label, p in zip(labels, exp.policies, strict=True)
     ]
 

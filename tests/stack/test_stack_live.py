@@ -187,9 +187,11 @@ def test_least_loaded_spreads_what_nearest_piles_on_one_edge(state_dir: Path) ->
         manager.down(state_dir)
     rec = result.records
     met = rec.groupby("policy")["deadline_met"].mean() * 100
-    nodes = {p: set(g.route.str.split("/").str[0]) for p, g in rec.groupby("policy")}
+    nodes = {p: set(g.node) for p, g in rec.groupby("policy")}
+    assert set(zip(rec.node, rec.node_class, rec.path, strict=True)) == {
+        ("edge-near", "edge", "device-edge-near"), ("edge-far", "edge", "device-edge-far")}
     print(f"deadline met: {met.round(1).to_dict()}; nodes used: {nodes}")
-    assert len(rec) == 300 and rec.id.is_unique is False  # 150 requests x 2 policies
+    assert len(rec) == 300  # 150 requests x 2 policies
     assert nodes["nearest"] == {"edge-near"}
     assert nodes["least_loaded"] == {"edge-near", "edge-far"}
     assert met["least_loaded"] >= met["nearest"] + 30, met.to_dict()
