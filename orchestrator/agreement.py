@@ -64,7 +64,8 @@ class Agreement:
     device_ms: float  # mean device time the tier held each request (emulated)
     drawn_rtt_ms: float  # mean RTT the link drew for the run's requests
     link_delay_ms: float  # mean delay the proxy applied per uplink chunk
-    link_chunks: int  # uplink chunks the proxy forwarded (one per request)
+    link_chunks: int  # uplink chunks the proxy forwarded
+    link_draws: int  # uplink delay draws (one per message: one per request)
     baseline_overhead_ms: float  # same requests without the link: latency - device time
     outcomes: dict[str, int]
 
@@ -86,7 +87,7 @@ class Agreement:
             f"{self.device_ms:.2f} + link {self.link_delay_ms:.2f} + HTTP/host "
             f"{self.measured_ms - self.device_ms - self.link_delay_ms:.2f} ms (no-link baseline "
             f"overhead {self.baseline_overhead_ms:.2f} ms); error {self.error_pct:.2f} % vs same "
-            f"draws, {self.law_error_pct:.2f} % vs law (n={self.n}, {self.link_chunks} uplink chunks)"
+            f"draws, {self.law_error_pct:.2f} % vs law (n={self.n}, {self.link_draws} uplink draws)"
         )  # fmt: skip
 
 
@@ -134,6 +135,7 @@ def measure_agreement(
         drawn_rtt_ms=drawn_ms,
         link_delay_ms=1e3 * link.get("edgebed_link_delay_seconds_sum", 0.0) / count,
         link_chunks=chunks,
+        link_draws=draws,
         baseline_overhead_ms=float((base["latency_ms"] - base["device_ms"]).mean()),
         outcomes={str(k): int(v) for k, v in rec["outcome"].value_counts().items()},
     )

@@ -109,12 +109,19 @@ def test_leads_do_not_shrink_queueing(tier_factory: Callable[..., TierProcess]) 
 def test_lead_is_capped_at_half_the_device_time(tier_factory: Callable[..., TierProcess]) -> None:
     tp = tier_factory("edge", config_overrides={"models": {"int8": {"latency_ms": 8.0}}})
     with httpx.Client(base_url=tp.url, timeout=10.0, headers=LEAD) as client:
-        for _ in range(5):
+        full = []
+        for _ in range(10):
             t = client.post("/v1/infer?model=int8", content=bytes(784),
                             headers=BINARY).json()["timing"]  # fmt: skip
-            # asked 10 ms; send + host lead together at most half of the 8 ms device time
-            assert abs(t["send_lead_ms"] + t["host_lead_ms"] - 4.0) < 1e-6, t
-            assert 3.0 <= t["host_lead_ms"] <= 4.0, t
+            # asked 10 ms; send + host lead together at most half of the 8 ms device time,
+            # and never more than the time left to the nominal end (a request that a busy
+            # host already made late gets less, down to none)
+            total = t["send_lead_ms"] + t["host_lead_ms"]
+            assert total <= 4.0 + 1e-6, t
+            if abs(total - 4.0) < 1e-6:
+                full.append(t)
+                assert 3.0 <= t["host_lead_ms"] <= 4.0, t
+        assert full, "no request had room for its leads: the cap was never reached"
         lm = client.post("/v1/generate", json={"model": "slm", "max_tokens": 1},
                          headers={"x-edgebed-host-lead-ms": "2.5"}).json()  # fmt: skip
     assert lm["timing"]["host_lead_ms"] == 2.5, lm["timing"]
