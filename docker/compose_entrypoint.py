@@ -168,7 +168,18 @@ def choose_backend(requested: str, run: Runner = _run) -> dict[str, Any]:
 
 
 def device_links(exp: Any, tier_urls: Mapping[str, str]) -> dict[str, Any]:
-    """The experiment's links from the device (this container) to a tier we have a URL for."""
+    """The experiment's links from the device (this container) to a tier we have a URL for.
+
+    Raises ValueError for an experiment whose nodes are reached through multi-hop paths: the
+    compose stack does not chain link proxies yet (the local stack does; see docs/compose.md).
+    """
+    far = {n: p for n, p in exp.node_paths().items() if len(p.hops) > 1 and n in tier_urls}
+    if far:
+        raise ValueError(
+            "the compose stack reaches nodes over one link only; "
+            + ", ".join(f"{n} is {len(p.hops)} hops away ({' → '.join(p.hops)})"
+                        for n, p in sorted(far.items()))
+            + ": run this experiment on the local stack (edgebed demo --config ...)")
     return {
         name: spec
         for name, spec in exp.links.items()

@@ -86,7 +86,18 @@ def stack_run_info(exp: Experiment, state: StackState, kind: str) -> dict[str, A
         },
         "link_backend": {"backend": state.link_backend, "reason": state.link_backend_reason},
         "links": {name: spec.describe() for name, spec in exp.links.items()},
+        "topology": topology_info(exp),
     }
+
+
+def topology_info(exp: Experiment) -> dict[str, Any]:
+    """The topology a run used: each node's class and its path from the device."""
+    paths = exp.node_paths()
+    return {"nodes": {n: {"class": t.node_class,
+                          "path": list(paths[n].hops) if n in paths else "direct",
+                          "rtt_mean_ms": paths[n].rtt_mean_ms if n in paths else 0.0,
+                          "path_declared": bool(paths[n].declared) if n in paths else False}
+                      for n, t in exp.tiers.items()}}
 
 
 def run_on_stack(

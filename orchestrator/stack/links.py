@@ -1,9 +1,11 @@
 """How the local stack applies the experiment's links: a plan (pure) and the proxy's command line.
 
-With the ``proxy`` backend every link whose ``dst`` is a tier gets a userspace link proxy
-(``netem.proxy``) listening on a free loopback port and forwarding to that tier; all links run
-in one proxy process whose control API (``/healthz``, ``/metrics``, runtime changes) is on its
-own port. The orchestrator then talks to each tier through the link from ``device``.
+With the ``proxy`` backend each node the device reaches through links gets one listener on a
+free loopback port: the link itself when the node's path is one hop, else a netem path
+(``paths.path-<node>``) whose chained listeners cross every hop for real, each hop sharing its
+link's law, draws and counters. All links run in one proxy process whose control API
+(``/healthz``, ``/metrics``, runtime changes) is on its own port. The orchestrator then talks
+to each node through its path (``orchestrator.topology``).
 """
 
 from __future__ import annotations
@@ -35,12 +37,33 @@ class PlannedLink:
         return f"{self.spec.src}→{self.spec.dst} {self.spec.describe()}"
 
 
+@dataclass(frozen=True)
+class PlannedPath:
+    """A multi-hop path from the device to ``tier``: its own listener, chained through ``hops``."""
+
+    name: str
+    tier: str
+    hops: tuple[str, ...]
+    listen: str
+    target: str
+    rtt_mean_ms: float
+
+    @property
+    def listen_url(self) -> str:
+        return f"http://{self.listen}"
+
+    def describe(self) -> str:
+        return f"device→{self.tier} via {' → '.join(self.hops)} (mean RTT {self.rtt_mean_ms:g} ms)"
+
+
 @dataclass
 class LinkPlan:
     backend: str  # proxy | none
     reason: str
     links: list[PlannedLink] = field(default_factory=list)
     control: str | None = None  # host:port of the proxy's control API
+    paths: list[PlannedPath] = field(default_factory=list)
+    hop_links: dict[str, LinkSpec] = field(default_factory=dict)  # crossed only inside paths
 
     @property
     def control_url(self) -> str | None:
@@ -52,21 +75,26 @@ class LinkPlan:
         for link in self.links:
             if link.from_device:
                 out[link.tier] = link.listen_url
+        for path in self.paths:
+            out[path.tier] = path.listen_url
         return out
 
     def topology_document(self, seed: int) -> dict:
-        """The ``netem.proxy --config`` file: links with listen/target, seed, control."""
-        return {
-            "links": {
-                # up/down carry the full law; rtt_range_ms is only its shorthand
-                pl.name: pl.spec.model_dump(
-                    mode="json", exclude_none=True, exclude={"rtt_range_ms"}
-                )
-                for pl in self.links
-            },
-            "seed": seed,
-            "control": self.control,
-        }
+        """The ``netem.proxy --config`` file: links (with listen/target when the device uses
+        them directly), multi-hop paths, seed, control."""
+        # up/down carry the full law; rtt_range_ms is only its shorthand
+        links = {pl.name: pl.spec.model_dump(mode="json", exclude_none=True,
+                                              exclude={"rtt_range_ms"})
+                 for pl in self.links}
+        for name, spec in self.hop_links.items():
+            links[name] = spec.model_dump(mode="json", exclude_none=True,
+                                          exclude={"rtt_range_ms", "listen", "target"})
+        doc: dict = {"links": dict(sorted(links.items()))}
+        if self.paths:
+            doc["paths"] = {p.name: {"hops": list(p.hops), "listen": p.listen,
+                                     "target": p.target} for p in self.paths}
+        doc.update(seed=seed, control=self.control)
+        return doc
 
 
 def _hostport(url: str) -> str:
@@ -91,16 +119,22 @@ def plan_links(
             "hit all loopback traffic — use the compose stack for tc netem)"
         )
     planned: list[PlannedLink] = []
-    for name, spec in exp.links.items():
-        tier = spec.dst if spec.dst in tier_urls else None
-        if tier is None:
-            continue  # a link towards the device: the device is the orchestrator itself
-        filled = spec.model_copy(
-            update={"listen": f"{LOOPBACK}:{next(free)}", "target": _hostport(tier_urls[tier])}
-        )
-        planned.append(PlannedLink(name, filled, tier, spec.src == "device"))
+    paths: list[PlannedPath] = []
+    for node, path in sorted(exp.node_paths().items()):
+        if node not in tier_urls:
+            continue
+        if len(path.hops) == 1:
+            name = path.hops[0]
+            filled = exp.links[name].model_copy(update={
+                "listen": f"{LOOPBACK}:{next(free)}", "target": _hostport(tier_urls[node])})
+            planned.append(PlannedLink(name, filled, node, True))
+        else:
+            paths.append(PlannedPath(path.name, node, path.hops, f"{LOOPBACK}:{next(free)}",
+                                     _hostport(tier_urls[node]), path.rtt_mean_ms))
+    direct = {pl.name for pl in planned}
+    hop_links = {h: exp.links[h] for p in paths for h in p.hops if h not in direct}
     control = f"{LOOPBACK}:{next(free)}"
-    return LinkPlan("proxy", reason, planned, control)
+    return LinkPlan("proxy", reason, planned, control, paths, hop_links)
 
 
 def write_topology(plan: LinkPlan, seed: int, path: Path) -> Path:

@@ -121,6 +121,8 @@ def up(
         log(f"link backend   {plan.backend}: {plan.reason}")
         for link in plan.links:
             log(f"  {link.name:<14} {link.describe()}, listening at {link.listen_url}")
+        for path in plan.paths:
+            log(f"  {path.name:<14} {path.describe()}, listening at {path.listen_url}")
         if prom_rec is not None:
             waited = wait_ready(prom_rec, ready_timeout_s)
             state.prometheus_url = prom_rec.url
@@ -162,12 +164,12 @@ def _spawn_tiers(
 def _spawn_links(
     exp: Experiment, state: StackState, logs: Path, python: str, backend: str
 ) -> stack_links.LinkPlan:
-    ports = [free_port() for _ in range(len(exp.links) + 1)]
+    ports = [free_port() for _ in range(len(exp.links) + len(exp.tiers) + 1)]
     plan = stack_links.plan_links(exp, state.tier_urls, backend, ports)
     state.link_backend = plan.backend
     state.link_backend_reason = plan.reason
     state.target_urls = plan.targets(state.tier_urls)
-    if plan.backend == "proxy" and plan.links:
+    if plan.backend == "proxy" and (plan.links or plan.paths):
         config = stack_links.write_topology(
             plan, exp.seeds.links, Path(state.state_dir) / "links.yaml"
         )

@@ -274,3 +274,14 @@ def test_tc_shaping_failure_is_reported_and_leaves_the_interface_clean(
     with pytest.raises(entry.TcApplyError, match="Operation not supported"):
         entry.start_links(entry.Settings(), exp, tiers, "tc", "test", REPO / "unused")
     assert cleared == ["eth0"]
+
+
+def test_multi_hop_paths_are_refused_with_the_reason() -> None:
+    """The compose entrypoint forwards over one link per node; a hierarchy must not silently
+    reach its far nodes directly."""
+    from orchestrator.experiment import load_experiment
+
+    exp = load_experiment(REPO / "experiments" / "hierarchical.yaml")
+    tiers = {n: f"http://{n}:8000" for n in exp.tiers}
+    with pytest.raises(ValueError, match=r"cloud is 3 hops away \(device-edge-1 → edge-1-regional"):
+        entry.device_links(exp, tiers)
