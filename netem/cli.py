@@ -208,6 +208,9 @@ def _show(args: argparse.Namespace) -> int:
         rows = {n: {"spec": lk.model_dump(mode="json"), "description": lk.describe(),
                     "configured_rtt_mean_ms": lk.rtt_mean_ms(), "listen": lk.listen,
                     "target": lk.target} for n, lk in topo.links.items()}
+        paths: dict[str, Any] = {n: {"listen": p.listen, "target": p.target,
+                                     "configured": topo.path_law(n).summary()}
+                                 for n, p in topo.paths.items()}
     else:
         try:
             target = resolve_target(args.control, args.token_file)
@@ -220,13 +223,22 @@ def _show(args: argparse.Namespace) -> int:
                 print(_error_text(code, body), file=sys.stderr)
             return 1
         rows = body["links"]
-    if args.json:
+        code, body = _http("GET", target, "/v1/paths")
+        paths = body["paths"] if code == 200 and isinstance(body, dict) else {}
+    if args.json:  # the links, as before (paths: GET /v1/paths)
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'link':<16} {'listen':<22} {'target':<22} {'RTT mean ms':>11}  law")
     for name, r in rows.items():
         print(f"{name:<16} {r.get('listen') or '-':<22} {r.get('target') or '-':<22} "
               f"{r['configured_rtt_mean_ms']:>11.2f}  {r['description']}")
+    if paths:
+        print(f"\n{'path':<16} {'listen':<22} {'target':<22} {'RTT mean ms':>11}  hops")
+        for name, r in paths.items():
+            cfg = r["configured"]
+            print(f"{name:<16} {r.get('listen') or '-':<22} {r.get('target') or '-':<22} "
+                  f"{cfg['rtt_mean_ms']:>11.2f}  {' → '.join(cfg['hops'])} "
+                  f"({' → '.join(cfg['nodes'])})")
     return 0
 
 

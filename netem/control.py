@@ -1,12 +1,15 @@
 """The link proxy's control API: read and change links at run time, metrics, fidelity reports.
 
 ``GET /healthz``, ``GET /v1/links``, ``GET|PUT /v1/links/{name}``,
-``PUT /v1/links/{name}/fidelity``, ``GET /metrics``. GETs are open; with a token
+``PUT /v1/links/{name}/fidelity``, ``GET /v1/paths``, ``GET /v1/paths/{name}``,
+``PUT /v1/paths/{name}/fidelity``, ``GET /metrics``. A path is changed through its hops' links
+(``PUT /v1/links/{hop}``): every path crossing that link changes at once; a path's name under
+``/v1/links/`` is a 404 saying so. GETs are open; with a token
 (``LinkProxySet(token=...)``, ``--token-file``) every PUT needs ``Authorization: Bearer
 <token>``. Every error answers the shared shape of :func:`common.httperrors.error_body`
 (``{"detail", "field", "errors"}``): 400 malformed JSON, 401 missing or wrong token, 404
-unknown link (field ``name``, the allowed names in ``detail``), 422 a bad field (named, with
-its allowed range).
+unknown link or path (field ``name``, the allowed names in ``detail``), 422 a bad field (named,
+with its allowed range).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from common.httperrors import error_body, pydantic_errors
 from netem.spec import _DIRECTION_KEYS, MAX_DELAY_MS, MAX_RATE_MBIT, LinkSpec
 
 if TYPE_CHECKING:
-    from netem.proxy import LinkProxySet, LinkRuntime
+    from netem.proxy import LinkProxySet, LinkRuntime, PathRuntime
 
 log = logging.getLogger("edgebed.link.control")
 
@@ -179,10 +182,38 @@ class LinkView(BaseModel):
     configured_rtt_mean_ms: float
     open_connections: int
     cut: bool = False
+    paths: list[str] = Field(default_factory=list, description="paths crossing this link")
 
 
 class LinkList(BaseModel):
     links: dict[str, LinkView]
+
+
+class PathLawView(BaseModel):
+    """A path's configured law now: sums over its hops' current specs."""
+
+    hops: list[str]
+    nodes: list[str]
+    up_mean_ms: float = Field(description="mean one-way request delay: sum of the hops' up means")
+    down_mean_ms: float = Field(description="mean one-way answer delay: sum of the hops' down "
+                                            "means")
+    rtt_mean_ms: float = Field(description="mean round trip: sum of the hops' RTT means")
+    description: str
+
+
+class PathView(BaseModel):
+    name: str
+    hops: list[str]
+    listen: str | None = Field(description="the path's public listener (its first hop)")
+    target: str | None
+    hop_listeners: list[str] = Field(description="listener per hop, in order: the public one, "
+                                                 "then the internal loopback ones")
+    configured: PathLawView
+    cut_hops: list[str] = Field(description="hops cut now (the path is down while any is)")
+
+
+class PathList(BaseModel):
+    paths: dict[str, PathView]
 
 
 def link_view(link: LinkRuntime) -> dict[str, Any]:
@@ -196,12 +227,28 @@ def link_view(link: LinkRuntime) -> dict[str, Any]:
         "configured_rtt_mean_ms": spec.rtt_mean_ms(),
         "open_connections": len(link.connections),
         "cut": link.cut,
+        "paths": list(link.paths),
+    }
+
+
+def path_view(path: PathRuntime) -> dict[str, Any]:
+    def text(addr: tuple[str, int] | None) -> str | None:
+        return None if addr is None else f"{addr[0]}:{addr[1]}"
+
+    return {
+        "name": path.name,
+        "hops": [h.name for h in path.hops],
+        "listen": text(path.address),
+        "target": path.spec.target,
+        "hop_listeners": [text(li.address) or "" for li in path.listeners],
+        "configured": path.law().summary(),
+        "cut_hops": [h.name for h in path.hops if h.cut],
     }
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     what = {400: "malformed JSON", 401: "missing or wrong bearer token (PUTs, with a token)",
-            404: "unknown link (field name; detail lists the links)",
+            404: "unknown link or path (field name; detail lists the names)",
             422: "a bad field, named with its allowed range", 500: "internal error"}
     return {c: {"model": ErrorBody, "description": what[c]} for c in codes}
 
@@ -252,8 +299,21 @@ def create_control_app(links: LinkProxySet, token: str | None = None) -> FastAPI
         return _error(500, None, f"internal error: {type(exc).__name__}")
 
     def unknown(name: str) -> JSONResponse:
+        if name in links.paths:
+            hops = ", ".join(h.name for h in links.paths[name].hops)
+            return _error(404, "name", f"name: {name!r} is a path, not a link: read it at GET "
+                                       f"/v1/paths/{name}; change it through its hops' links "
+                                       f"({hops}) with PUT /v1/links/{{hop}}")
         return _error(404, "name", f"name: unknown link {name!r}; links: "
                                    f"{', '.join(sorted(links.links)) or '(none)'}")
+
+    def unknown_path(name: str) -> JSONResponse:
+        if name in links.links:
+            return _error(404, "name", f"name: {name!r} is a link, not a path: read it at GET "
+                                       f"/v1/links/{name}; paths: "
+                                       f"{', '.join(sorted(links.paths)) or '(none)'}")
+        return _error(404, "name", f"name: unknown path {name!r}; paths: "
+                                   f"{', '.join(sorted(links.paths)) or '(none)'}")
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -293,19 +353,43 @@ def create_control_app(links: LinkProxySet, token: str | None = None) -> FastAPI
             return _error(422, field, str(exc))
         return {"status": "recorded"}
 
+    @app.get("/v1/paths", response_model=PathList)
+    def list_paths() -> dict[str, Any]:
+        return {"paths": {n: path_view(p) for n, p in links.paths.items()}}
+
+    @app.get("/v1/paths/{name}", response_model=PathView, responses=_errors(404))
+    def read_path(name: str) -> Any:
+        if name not in links.paths:
+            return unknown_path(name)
+        return path_view(links.paths[name])
+
+    @app.put("/v1/paths/{name}/fidelity", responses=put_errors)
+    def put_path_fidelity(name: str, report: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+        """Store a path's probe report as the fidelity gauges, labelled ``link=<path name>``
+        (paths and links share one name space)."""
+        if name not in links.paths:
+            return unknown_path(name)
+        try:
+            links.metrics.set_fidelity(name, report)
+        except ValueError as exc:
+            field = str(exc).split(" ", 1)[0]
+            return _error(422, field, str(exc))
+        return {"status": "recorded"}
+
     @app.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
     def metrics() -> Response:
         return Response(generate_latest(links.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    _document(app, sorted(links.links), token)
+    _document(app, sorted(links.links), token, sorted(links.paths))
     return app
 
 
-def _document(app: FastAPI, names: list[str], token: str | None) -> None:
+def _document(app: FastAPI, names: list[str], token: str | None,
+              path_names: list[str] | None = None) -> None:
     """Publish the PUT body's real schema (:class:`LinkChange`; the handler validates the
-    body itself, to name bad fields), the link names (fixed when the proxy starts) and, with
-    a token, the bearer scheme of the PUTs."""
+    body itself, to name bad fields), the link and path names (fixed when the proxy starts)
+    and, with a token, the bearer scheme of the PUTs."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -319,11 +403,12 @@ def _document(app: FastAPI, names: list[str], token: str | None) -> None:
         put = doc["paths"]["/v1/links/{name}"]["put"]
         put["requestBody"]["content"]["application/json"]["schema"] = {
             "$ref": "#/components/schemas/LinkChange"}
-        for path in doc["paths"].values():
+        for route, path in doc["paths"].items():
+            allowed = path_names if route.startswith("/v1/paths/") else names
             for op in path.values():
                 for param in op.get("parameters", []):
-                    if param["name"] == "name" and param["in"] == "path" and names:
-                        param["schema"] = {"type": "string", "enum": names}
+                    if param["name"] == "name" and param["in"] == "path" and allowed:
+                        param["schema"] = {"type": "string", "enum": allowed}
         if token is not None:
             components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             for path in doc["paths"].values():

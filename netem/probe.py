@@ -34,14 +34,16 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from netem.counters import DIRECTIONS, CounterWindow
-from netem.spec import LinkSpec, ks_1samp, load_topology, parse_hostport
+from netem.spec import LinkSpec, PathLaw, ks_1samp, load_topology, parse_hostport
+
+RttLaw = LinkSpec | PathLaw  # a link's round-trip law, or a path's (its hops' convolution)
 
 DEFAULT_PAYLOAD_BYTES = 64
 MEAN_TOL_ABS_MS = 0.5
@@ -283,7 +285,7 @@ KS_BOOT_MAX_REPS = 200  # resolves p down to 1/201, under KS_ALPHA
 KS_BOOT_HITS = 10  # sequential Monte Carlo p-value: stop after this many exceedances
 
 
-def ks_convolved(x: np.ndarray, link: LinkSpec, residuals_ms: np.ndarray, *, tol: float,
+def ks_convolved(x: np.ndarray, link: RttLaw, residuals_ms: np.ndarray, *, tol: float,
                  seed: int = 7, max_reps: int = KS_BOOT_MAX_REPS,
                  hits: int = KS_BOOT_HITS) -> tuple[float, float, int]:
     """KS statistic of ``x`` against the configured RTT law convolved with the direct path's
@@ -326,33 +328,65 @@ def ks_convolved(x: np.ndarray, link: LinkSpec, residuals_ms: np.ndarray, *, tol
 def drawn_reference(deltas: dict[str, dict[str, float]] | None, link: LinkSpec, n: int, *,
                     error: str | None = None) -> dict[str, Any]:
     """The mean round trip the link drew for exactly ``n`` probes, from the proxy's counter
-    deltas (:meth:`netem.counters.CounterWindow.deltas`), when every shaped direction forwarded
-    exactly one chunk per probe; else why not. Returns ``{"drawn_mean_ms", "chunks",
-    "reason"}`` (``drawn_mean_ms`` None when the counters cannot be used)."""
+    deltas (:meth:`netem.counters.CounterWindow.deltas`), when every shaped direction drew
+    exactly one delay per probe (one message: ``messages`` = n; with loss also one chunk,
+    since loss penalties are drawn per chunk); else why not. Returns ``{"drawn_mean_ms",
+    "chunks", "messages", "reason"}`` (``drawn_mean_ms`` None when the counters cannot be
+    used)."""
     if deltas is None:
-        return {"drawn_mean_ms": None, "chunks": None,
+        return {"drawn_mean_ms": None, "chunks": None, "messages": None,
                 "reason": error or "no proxy control URL given (control_url=, --control)"}
     chunks = {d: round(deltas[d]["chunks"]) for d in DIRECTIONS}
+    messages = {d: round(deltas[d].get("messages", deltas[d]["chunks"])) for d in DIRECTIONS}
     shaped = [d for d in DIRECTIONS
               if not getattr(link, d).is_zero or deltas[d]["drawn_s"] > 0]
-    off = [f"{d}: {chunks[d]} chunks" for d in shaped if chunks[d] != n]
+    off = [f"{d}: {messages[d]} messages in {chunks[d]} chunks" for d in shaped
+           if messages[d] != n or (chunks[d] != n and getattr(link, d).loss_pct)]
     if off:
-        return {"drawn_mean_ms": None, "chunks": chunks, "reason": (
-            f"the proxy's chunk counts do not match one chunk per probe per shaped direction "
+        return {"drawn_mean_ms": None, "chunks": chunks, "messages": messages, "reason": (
+            f"the proxy's counts do not match one message per probe per shaped direction "
             f"({', '.join(off)} for {n} probes: other traffic on the link, a rate limit's "
-            f"segments, or messages split over several reads)")}
+            f"segments, or, under loss, messages split over several reads)")}
     drawn_ms = 1e3 * sum(deltas[d]["drawn_s"] for d in shaped) / n if n else 0.0
-    per = ", ".join(f"{d}: {chunks[d]}" for d in shaped) or "no shaped direction"
-    return {"drawn_mean_ms": drawn_ms, "chunks": chunks,
-            "reason": f"one chunk per probe per shaped direction ({per} chunks for {n} probes)"}
+    per = ", ".join(f"{d}: {messages[d]}" for d in shaped) or "no shaped direction"
+    return {"drawn_mean_ms": drawn_ms, "chunks": chunks, "messages": messages,
+            "reason": f"one message per probe per shaped direction ({per} for {n} probes)"}
 
 
-def fidelity_report(samples_ms: np.ndarray, link: LinkSpec, *, name: str = "link",
+def drawn_reference_path(deltas_by_link: Mapping[str, dict[str, dict[str, float]]] | None,
+                         law: PathLaw, n: int, *, error: str | None = None,
+                         proxy_links: Sequence[str] | None = None) -> dict[str, Any]:
+    """:func:`drawn_reference` of a path: the sum over its hops of what each hop drew for
+    exactly ``n`` probes, when every hop shows one message per probe per shaped direction
+    (counters of each hop's link, :meth:`netem.counters.CounterWindow.deltas_by_link`;
+    ``proxy_links``: the hops' link names at the proxy, default the law's hop names).
+    Returns ``{"drawn_mean_ms", "chunks", "messages", "reason", "by_hop"}`` with ``chunks``
+    and ``messages`` keyed by hop."""
+    names = list(proxy_links) if proxy_links is not None else law.hop_names
+    if deltas_by_link is None:
+        return {"drawn_mean_ms": None, "chunks": None, "messages": None, "by_hop": None,
+                "reason": error or "no proxy control URL given (control_url=, --control)"}
+    by_hop = {hop: drawn_reference(deltas_by_link[link], spec, n)
+              for (hop, spec), link in zip(law.hops, names, strict=True)}
+    out: dict[str, Any] = {"chunks": {h: r["chunks"] for h, r in by_hop.items()},
+                           "messages": {h: r["messages"] for h, r in by_hop.items()},
+                           "by_hop": {h: r["drawn_mean_ms"] for h, r in by_hop.items()}}
+    off = [f"hop {h}: {r['reason']}" for h, r in by_hop.items() if r["drawn_mean_ms"] is None]
+    if off:
+        return {**out, "drawn_mean_ms": None, "reason": "; ".join(off)}
+    return {**out, "drawn_mean_ms": float(sum(r["drawn_mean_ms"] for r in by_hop.values())),
+            "reason": f"one message per probe per shaped direction on every hop "
+                      f"({len(by_hop)} hops, {n} probes)"}
+
+
+def fidelity_report(samples_ms: np.ndarray, link: RttLaw, *, name: str = "link",
                     baseline_ms: float | None = None,
                     baseline_samples_ms: np.ndarray | None = None,
                     drawn: dict[str, Any] | None = None, ks_tolerance_ms: float = 0.5,
                     seed: int = 7) -> dict[str, Any]:
-    """Configured vs achieved round trip for one link (JSON-ready dict, no NaN).
+    """Configured vs achieved round trip for one link, or one path when ``link`` is a
+    :class:`netem.spec.PathLaw` (JSON-ready dict, no NaN; a path's report adds ``hops``,
+    ``configured_path`` and ``drawn_by_hop``).
 
     ``baseline_samples_ms``: the direct path's RTTs (:func:`paced_baseline`); their median is
     subtracted from every sample and the KS null becomes configured ⊕ (baseline − median), the
@@ -385,7 +419,9 @@ def fidelity_report(samples_ms: np.ndarray, link: LinkSpec, *, name: str = "link
     else:
         d, p, reps = ks_convolved(x, link, residuals, tol=ks_tolerance_ms, seed=seed)
     # mean: against the mean the link drew for these probes when the proxy's counters say so
-    drawn = drawn if drawn is not None else drawn_reference(None, link, n)
+    if drawn is None:
+        drawn = (drawn_reference_path(None, link, n) if isinstance(link, PathLaw)
+                 else drawn_reference(None, link, n))
     drawn_mean = drawn.get("drawn_mean_ms")
     reference = configured["mean_ms"] if drawn_mean is None else float(drawn_mean)
     tol = max(MEAN_TOL_ABS_MS, MEAN_TOL_REL * configured["mean_ms"])
@@ -416,6 +452,7 @@ def fidelity_report(samples_ms: np.ndarray, link: LinkSpec, *, name: str = "link
         "mean_reference_reason": drawn["reason"],
         "drawn_mean_ms": drawn_mean,
         "drawn_chunks": drawn.get("chunks"),
+        "drawn_messages": drawn.get("messages"),
         # the luck of these n draws: drawn mean - configured mean, in standard errors of the law
         "drawn_sampling_se_ms": law_se,
         "drawn_sampling_z": (None if drawn_mean is None or law_se == 0
@@ -437,6 +474,11 @@ def fidelity_report(samples_ms: np.ndarray, link: LinkSpec, *, name: str = "link
         "ks_ok": bool(p >= KS_ALPHA),
         "ks_raw_statistic": d_raw,
         "ks_raw_pvalue": p_raw,
+        **({} if not isinstance(link, PathLaw) else {
+            "hops": link.hop_names,
+            "configured_path": link.summary(),
+            "drawn_by_hop": drawn.get("by_hop"),
+        }),
     }
 
 
@@ -483,13 +525,13 @@ def format_table(reports: list[dict[str, Any]]) -> str:
 BASELINE_MAX_GAP_MS = 100.0
 
 
-def baseline_gap_ms(link: LinkSpec) -> float:
+def baseline_gap_ms(link: RttLaw) -> float:
     """Idle time between baseline probes: the link's median RTT, at most BASELINE_MAX_GAP_MS."""
     median = float(np.median(link.rtt_samples(20_000, np.random.default_rng(0))))
     return min(max(median, 0.0), BASELINE_MAX_GAP_MS)
 
 
-async def paced_baseline(target: str, link: LinkSpec, n: int = 200, *, mode: str = "echo",
+async def paced_baseline(target: str, link: RttLaw, n: int = 200, *, mode: str = "echo",
                          concurrency: int = 1, path: str = "/healthz") -> np.ndarray:
     """Round trips (ms) of the unshaped path, probed at the shaped link's pace.
 
@@ -508,7 +550,7 @@ async def paced_baseline(target: str, link: LinkSpec, n: int = 200, *, mode: str
                               gap_ms=gap_ms)
 
 
-async def paced_baseline_ms(target: str, link: LinkSpec, n: int = 200, *, mode: str = "echo",
+async def paced_baseline_ms(target: str, link: RttLaw, n: int = 200, *, mode: str = "echo",
                             concurrency: int = 1, path: str = "/healthz") -> float:
     """Median of :func:`paced_baseline`."""
     return float(np.median(await paced_baseline(target, link, n, mode=mode,
@@ -537,12 +579,47 @@ async def probe_link(target: str, link: LinkSpec, *, name: str = "link", n: int 
                            ks_tolerance_ms=ks_tolerance_ms)
 
 
+async def probe_path(target: str, hops: PathLaw | Mapping[str, LinkSpec] |
+                     Sequence[tuple[str, LinkSpec]], *, name: str = "path", n: int = 500,
+                     mode: str = "echo", concurrency: int = 1, path: str = "/healthz",
+                     baseline_target: str | None = None, baseline_n: int = 200,
+                     ks_tolerance_ms: float = 0.5, control_url: str | None = None,
+                     proxy_links: Sequence[str] | None = None) -> dict[str, Any]:
+    """:func:`probe_link` for a multi-hop path: ``target`` is the path's public listener,
+    ``hops`` its hops in order (a :class:`netem.spec.PathLaw`, e.g.
+    ``Topology.path_law(name)``, or ``{link name: LinkSpec}``). The configured law is the
+    convolution of the hops' RTT laws (KS null: summed draws of every hop ⊕ the direct path's
+    spread when ``baseline_target`` is given); with the proxy's ``control_url`` the counters
+    of every hop's link (``proxy_links``, default the hop names) are read around the timed
+    probes and the mean is judged against the sum of what the hops drew for them
+    (:func:`drawn_reference_path`). ``path`` is the HTTP path of ``mode="http"``, as in
+    :func:`probe_link`. Report: :func:`fidelity_report`'s keys (``link`` = ``name``) plus
+    ``hops``, ``configured_path`` and ``drawn_by_hop``."""
+    law = hops if isinstance(hops, PathLaw) else PathLaw(name, hops)
+    links = list(proxy_links) if proxy_links is not None else law.hop_names
+    if len(links) != len(law.hops):
+        raise ValueError(f"proxy_links must name one link per hop ({len(law.hops)}), got "
+                         f"{len(links)}")
+    base = None
+    if baseline_target:
+        base = await paced_baseline(baseline_target, law, baseline_n, mode=mode,
+                                    concurrency=concurrency, path=path)
+    window = None if control_url is None else CounterWindow(control_url, links)
+    samples = await measure_rtts(target, n, mode=mode, concurrency=concurrency, path=path,
+                                 window=window)
+    drawn = None if window is None else drawn_reference_path(
+        window.deltas_by_link(), law, len(samples), error=window.error, proxy_links=links)
+    return fidelity_report(samples, law, name=name, baseline_samples_ms=base, drawn=drawn,
+                           ks_tolerance_ms=ks_tolerance_ms)
+
+
 # ---- command line (also used by ``edgebed link probe|echo``) -------------------------------
 
 def add_law_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configured link (what to compare with)")
     g.add_argument("--link-config", help="topology YAML; with --link NAME")
-    g.add_argument("--link", default=None, help="link name in --link-config")
+    g.add_argument("--link", default=None,
+                   help="link name in --link-config (or a path's name: probed as the path)")
     g.add_argument("--rtt-range-ms", nargs=2, type=int, metavar=("LO", "HI"))
     g.add_argument("--delay-ms", type=float, help="up one-way delay (ms)")
     g.add_argument("--jitter-ms", type=float)
@@ -554,12 +631,17 @@ def add_law_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--down-distribution", choices=("uniform", "normal", "pareto"))
 
 
-def link_from_args(args: argparse.Namespace) -> tuple[str, LinkSpec]:
-    """The configured link named by the probe's arguments."""
+def link_from_args(args: argparse.Namespace) -> tuple[str, RttLaw]:
+    """The configured link (or path: a :class:`netem.spec.PathLaw`) named by the probe's
+    arguments."""
     if args.link_config:
         topo = load_topology(args.link_config)
+        if args.link and args.link in topo.paths:
+            return args.link, topo.path_law(args.link)
         if not args.link or args.link not in topo.links:
-            raise ValueError(f"--link must be one of {sorted(topo.links)}, got {args.link!r}")
+            raise ValueError(f"--link must be one of {sorted(topo.links)}"
+                             + (f" or a path: {sorted(topo.paths)}" if topo.paths else "")
+                             + f", got {args.link!r}")
         return args.link, topo.links[args.link]
     if args.rtt_range_ms:
         return args.link or "link", LinkSpec.model_validate(
@@ -601,10 +683,12 @@ def run_rtt(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = asyncio.run(probe_link(
-        args.target, link, name=name, n=args.n, mode=args.mode, concurrency=args.concurrency,
-        path=args.path, baseline_target=args.baseline_target,
-        ks_tolerance_ms=args.ks_tolerance_ms, control_url=args.control))
+    kw: dict[str, Any] = {"name": name, "n": args.n, "mode": args.mode,
+                          "concurrency": args.concurrency, "path": args.path,
+                          "baseline_target": args.baseline_target,
+                          "ks_tolerance_ms": args.ks_tolerance_ms, "control_url": args.control}
+    report = asyncio.run(probe_path(args.target, link, **kw) if isinstance(link, PathLaw)
+                         else probe_link(args.target, link, **kw))
     print(format_table([report]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -618,7 +702,8 @@ def run_rtt(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: --token-file: {exc}", file=sys.stderr)
             return 2
-        httpx.put(f"{args.report_to.rstrip('/')}/v1/links/{name}/fidelity", json=report,
+        kind = "paths" if isinstance(link, PathLaw) else "links"
+        httpx.put(f"{args.report_to.rstrip('/')}/v1/{kind}/{name}/fidelity", json=report,
                   headers=auth_headers(token), timeout=10, trust_env=False).raise_for_status()
     return 0 if report["mean_ok"] and report["ks_ok"] else 1
 

@@ -31,9 +31,18 @@ Run N links in one process::
     links.address("device-edge")  # -> ("127.0.0.1", 40123)
     await links.close()
 
+Multi-hop paths (``topology.paths``, :class:`netem.spec.PathSpec`): a path [L1, ..., Lk] gets
+k chained listeners in the same set: its public ``listen`` shapes with L1's
+:class:`LinkRuntime` and forwards to an internal loopback listener (port 0) shaping with L2's,
+..., the last forwards to the path's ``target``. Each hop's listener *shares* the link's
+runtime (law, per-direction RNG stream, counters, cut flag), so a change to L2 changes every
+path through L2 at once and L2's counters count everything that crosses it. Delays add up hop
+by hop for real: hop 2 stamps a chunk's arrival when hop 1 released it.
+
 or as a subprocess: ``python -m netem.proxy --config links.yaml`` (prints one JSON line with the
 bound addresses once listening; stops cleanly on SIGTERM/SIGINT). Control API (JSON):
 ``GET /v1/links``, ``GET|PUT /v1/links/{name}``, ``PUT /v1/links/{name}/fidelity``,
+``GET /v1/paths``, ``GET /v1/paths/{name}``, ``PUT /v1/paths/{name}/fidelity``,
 ``GET /healthz``, ``GET /metrics``.
 """
 
@@ -60,6 +69,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +81,15 @@ from netem.auth import read_token_file
 from netem.control import ChangeError, create_control_app, link_view, merge_spec
 from netem.metrics import LinkMetrics
 from netem.sched import PollingEpollSelector, polling_loop_factory, set_realtime
-from netem.spec import DirectionSpec, LinkSpec, Topology, load_topology, parse_hostport
+from netem.spec import (
+    DirectionSpec,
+    LinkSpec,
+    PathLaw,
+    PathSpec,
+    Topology,
+    load_topology,
+    parse_hostport,
+)
 
 __all__ = ["LinkProxySet", "create_control_app", "link_view", "merge_spec", "proxy_subprocess",
            "serve_links"]
@@ -218,9 +236,10 @@ class LinkRuntime:
         base = zlib.crc32(name.encode())
         self.rng = {"up": random.Random(seed * 1_000_003 + base * 2),
                     "down": random.Random(seed * 1_000_003 + base * 2 + 1)}
-        self.address: tuple[str, int] | None = None
+        self.address: tuple[str, int] | None = None  # its own listener (listen/target), if any
         self.server: asyncio.base_events.Server | None = None
-        self.connections: set[_Connection] = set()
+        self.connections: set[_Connection] = set()  # all crossing it: own and path listeners
+        self.paths: list[str] = []  # paths with this link as a hop
         self.cut = False  # a partition: nothing is released until the link is healed
         metrics.init_link(name, spec)
 
@@ -241,6 +260,41 @@ class LinkRuntime:
     def set_spec(self, spec: LinkSpec) -> None:
         self.spec = spec
         self.metrics.set_configured(self.name, spec)
+
+
+@dataclass
+class _Listener:
+    """One TCP listener: shapes with ``link``'s runtime and forwards to ``target``."""
+
+    key: str  # the config key it serves, for errors: links.NAME or paths.NAME.hops[i]
+    link: LinkRuntime
+    target: str  # host:port
+    server: asyncio.base_events.Server | None = None
+    address: tuple[str, int] | None = None
+
+
+class PathRuntime:
+    """One multi-hop path: its spec, its hops' (shared) link runtimes and its chained
+    listeners, ``listeners[0]`` the public one."""
+
+    def __init__(self, name: str, spec: PathSpec, hops: list[LinkRuntime]) -> None:
+        self.name = name
+        self.spec = spec
+        self.hops = hops
+        self.listeners: list[_Listener] = []
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return self.listeners[0].address if self.listeners else None
+
+    def law(self) -> PathLaw:
+        """The configured law now (the hops' current specs)."""
+        return PathLaw(self.name, [(h.name, h.spec) for h in self.hops])
+
+
+def _hostport_text(addr: tuple[str, int]) -> str:
+    host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+    return f"{host}:{addr[1]}"
 
 
 class _Pipe:
@@ -503,9 +557,10 @@ class _Side(asyncio.Protocol):
 
 
 class _Connection:
-    def __init__(self, proxy: LinkProxySet, link: LinkRuntime) -> None:
+    def __init__(self, proxy: LinkProxySet, link: LinkRuntime, target: str) -> None:
         self.proxy = proxy
         self.link = link
+        self.target_address = target  # host:port: the link's target or a path's next hop
         self.loop = asyncio.get_running_loop()
         self.client: _Side | None = None
         self.target: _Side | None = None
@@ -542,9 +597,7 @@ class _Connection:
             self.client.resume_reading()
 
     async def _connect(self) -> None:
-        target = self.link.spec.target
-        assert target is not None
-        host, port = parse_hostport(target, key="target")
+        host, port = parse_hostport(self.target_address, key="target")
         try:
             await self.loop.create_connection(self.target_protocol, host, port)
         except OSError:
@@ -589,6 +642,13 @@ class LinkProxySet:
             name: LinkRuntime(name, spec, self.metrics, topology.seed)
             for name, spec in topology.links.items()
         }
+        self.paths: dict[str, PathRuntime] = {}
+        for name, path in topology.paths.items():  # Topology checked the hops exist and chain
+            hops = [self.links[h] for h in path.hops]
+            self.paths[name] = PathRuntime(name, path, hops)
+            for h in hops:
+                h.paths.append(name)
+        self.listeners: list[_Listener] = []
         self.timer: LoopTimer | None = None
         self.control_address: tuple[str, int] | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -600,9 +660,22 @@ class LinkProxySet:
         task.add_done_callback(self._tasks.discard)
 
     def address(self, name: str) -> tuple[str, int]:
-        addr = self.links[name].address
+        """Where link or path ``name`` listens (a path: its public listener, the first hop)."""
+        if name in self.paths:
+            addr = self.paths[name].address
+            what = "path"
+        elif name in self.links:
+            addr = self.links[name].address
+            what = "link"
+        else:
+            raise KeyError(f"unknown link or path {name!r}; links: "
+                           f"{', '.join(sorted(self.links)) or '(none)'}; paths: "
+                           f"{', '.join(sorted(self.paths)) or '(none)'}")
         if addr is None:
-            raise KeyError(f"link {name!r} is not listening")
+            used = f" (it has no listen/target of its own; only paths cross it: " \
+                   f"{', '.join(self.links[name].paths)})" if what == "link" and \
+                self.links[name].paths else ""
+            raise KeyError(f"{what} {name!r} is not listening{used}")
         return addr
 
     def url(self, name: str) -> str:
@@ -615,25 +688,51 @@ class LinkProxySet:
             return None
         return f"http://{self.control_address[0]}:{self.control_address[1]}"
 
-    async def start(self, control: str | None = None) -> None:
+    async def _listen(self, listener: _Listener, listen: str) -> None:
         loop = asyncio.get_running_loop()
-        self.timer = LoopTimer(loop)
+        host, port = parse_hostport(listen, key="listen")
+
+        def factory() -> asyncio.Protocol:
+            return _Connection(self, listener.link, listener.target).client_protocol()
+
+        try:
+            server = await loop.create_server(factory, host, port, reuse_address=True)
+        except OSError as exc:
+            raise ListenError(f"{listener.key}: cannot listen on {host}:{port}: "
+                              f"{_why(exc)}") from None
+        listener.server = server
+        sockname = server.sockets[0].getsockname()
+        listener.address = (sockname[0], sockname[1])
+        self.listeners.append(listener)
+
+    async def start(self, control: str | None = None) -> None:
+        self.timer = LoopTimer(asyncio.get_running_loop())
         for link in self.links.values():
             if link.spec.target is None:
-                raise ValueError(f"links.{link.name}.target must be host:port, got None")
-            host, port = parse_hostport(link.spec.listen or "127.0.0.1:0", key="listen")
-
-            def factory(link: LinkRuntime = link) -> asyncio.Protocol:
-                return _Connection(self, link).client_protocol()
-
-            try:
-                server = await loop.create_server(factory, host, port, reuse_address=True)
-            except OSError as exc:
-                raise ListenError(f"links.{link.name}.listen: cannot listen on {host}:{port}: "
-                                  f"{_why(exc)}") from None
-            link.server = server
-            sockname = server.sockets[0].getsockname()
-            link.address = (sockname[0], sockname[1])
+                if link.paths and link.spec.listen is None:
+                    continue  # only crossed by paths: no listener of its own
+                raise ValueError(f"links.{link.name}.target must be host:port, got None"
+                                 + (" (a link only paths cross needs no listen either)"
+                                    if link.paths else ""))
+            listener = _Listener(f"links.{link.name}.listen", link, link.spec.target)
+            await self._listen(listener, link.spec.listen or "127.0.0.1:0")
+            link.server, link.address = listener.server, listener.address
+        for path in self.paths.values():
+            if path.spec.target is None:
+                raise ValueError(f"paths.{path.name}.target must be host:port, got None")
+            # bind from the last hop back: each hop forwards to the next one's address
+            chain: list[_Listener] = []
+            target = path.spec.target
+            for i in range(len(path.hops) - 1, -1, -1):
+                key = (f"paths.{path.name}.listen" if i == 0 else
+                       f"paths.{path.name}.hops[{i}] (internal listener)")
+                listener = _Listener(key, path.hops[i], target)
+                await self._listen(listener, (path.spec.listen or "127.0.0.1:0") if i == 0
+                                   else "127.0.0.1:0")
+                assert listener.address is not None
+                target = _hostport_text(listener.address)
+                chain.insert(0, listener)
+            path.listeners = chain
         if control is not None:
             await self._start_control(control)
 
@@ -672,15 +771,16 @@ class LinkProxySet:
         return link.spec
 
     async def close(self) -> None:
+        for listener in self.listeners:
+            if listener.server is not None:
+                listener.server.close()
         for link in self.links.values():
-            if link.server is not None:
-                link.server.close()
             for conn in list(link.connections):
                 conn.abort()
-        for link in self.links.values():
-            if link.server is not None:
+        for listener in self.listeners:
+            if listener.server is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(link.server.wait_closed(), 2)
+                    await asyncio.wait_for(listener.server.wait_closed(), 2)
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         if self._tasks:
@@ -698,17 +798,25 @@ class LinkProxySet:
 async def serve_links(topology: Topology | Mapping[str, LinkSpec | Mapping[str, Any]], *,
                       control: str | None = None, seed: int | None = None,
                       registry: CollectorRegistry | None = None,
-                      stamps: bool = True, token: str | None = None) -> LinkProxySet:
-    """Start one proxy per link (each link needs ``target``; ``listen`` defaults to
-    ``127.0.0.1:0``) in the running loop, plus the control API when ``control`` (host:port,
-    port 0 = any) or ``topology.control`` is set. ``stamps``: anchor each chunk's delay at the
-    kernel's receive timestamp (else at the time the proxy read it). ``token``: the control
-    API's PUTs need ``Authorization: Bearer <token>`` (GETs stay open). Close with
-    ``await result.close()``."""
+                      stamps: bool = True, token: str | None = None,
+                      paths: Mapping[str, PathSpec | Mapping[str, Any]] | None = None,
+                      ) -> LinkProxySet:
+    """Start one proxy per link (each link needs ``target``, unless only paths cross it;
+    ``listen`` defaults to ``127.0.0.1:0``) and the chained listeners of every path in the
+    running loop, plus the control API when ``control`` (host:port, port 0 = any) or
+    ``topology.control`` is set. ``topology`` may be a mapping of links, then ``paths`` (a
+    mapping of :class:`netem.spec.PathSpec`) gives its paths. ``stamps``: anchor each
+    chunk's delay at the kernel's receive timestamp (else at the time the proxy read it).
+    ``token``: the control API's PUTs need ``Authorization: Bearer <token>`` (GETs stay open).
+    Close with ``await result.close()``."""
     if not isinstance(topology, Topology):
-        topology = Topology.model_validate({"links": dict(topology), "seed": seed or 0})
-    elif seed is not None:
-        topology = topology.model_copy(update={"seed": seed})
+        topology = Topology.model_validate({"links": dict(topology), "seed": seed or 0,
+                                            "paths": dict(paths or {})})
+    else:
+        if paths is not None:
+            topology = Topology.model_validate({**topology.model_dump(), "paths": dict(paths)})
+        if seed is not None:
+            topology = topology.model_copy(update={"seed": seed})
     proxies = LinkProxySet(topology, registry=registry, stamps=stamps, token=token)
     try:
         await proxies.start(control or topology.control)
@@ -729,8 +837,10 @@ def ready_line(proxies: LinkProxySet, **extra: Any) -> str:
                    else "read time",
         "control_auth": "bearer token" if proxies.token else "none",
         **extra,
-        "links": {n: f"{lk.address[0]}:{lk.address[1]}" for n, lk in proxies.links.items()
+        "links": {n: _hostport_text(lk.address) for n, lk in proxies.links.items()
                   if lk.address is not None},
+        "paths": {n: _hostport_text(p.address) for n, p in proxies.paths.items()
+                  if p.address is not None},
     })
 
 
@@ -770,13 +880,18 @@ def _run(coro: Any, poll_us: float = 0.0, spin_us: float = 0.0) -> Any:
 def proxy_subprocess(
     links: Mapping[str, Mapping[str, Any]], *, seed: int = 1, control: bool = True,
     realtime: bool = False, token_file: str | Path | None = None,
+    paths: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Run ``python -m netem.proxy`` for ``links`` ({name: LinkSpec fields with ``target``});
-    yields its ready line (``links``: name → host:port, ``control``) plus ``process``; the proxy
-    is always terminated and waited for afterwards. ``token_file``: ``--token-file``."""
+    """Run ``python -m netem.proxy`` for ``links`` ({name: LinkSpec fields with ``target``})
+    and ``paths`` ({name: PathSpec fields}); yields its ready line (``links``/``paths``: name →
+    host:port, ``control``) plus ``process``; the proxy is always terminated and waited for
+    afterwards. ``token_file``: ``--token-file``."""
     import yaml
 
     doc: dict[str, Any] = {"links": {n: dict(v) for n, v in links.items()}, "seed": seed}
+    if paths:
+        doc["paths"] = {n: {k: list(v) if k == "hops" else v for k, v in dict(p).items()}
+                        for n, p in paths.items()}
     if control:
         doc["control"] = "127.0.0.1:0"
     fd, path = tempfile.mkstemp(prefix="edgebed-links-", suffix=".yaml")

@@ -354,12 +354,132 @@ def describe_direction(d: DirectionSpec) -> str:
     return " ".join(parts)
 
 
+class PathSpec(BaseModel):
+    """A multi-hop path: a request crosses every link of ``hops`` in order, for real.
+
+    The proxy backend opens one listener per hop (see ``netem.proxy``): ``listen`` (default
+    ``127.0.0.1:0``) shapes with the first hop's law and forwards to an internal loopback
+    listener shaping with the second hop's, ..., the last forwards to ``target``. Each hop
+    shares its link's law, draw stream, counters and cut flag with every other user of that
+    link. Checked against the topology's links by :class:`Topology` (declared, chained,
+    no cycle).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hops: tuple[str, ...] = Field(description="link names in order: hop i's dst is hop "
+                                              "i+1's src")
+    listen: str | None = None
+    target: str | None = None
+
+    @field_validator("hops", mode="before")
+    @classmethod
+    def _hop_list(cls, v: Any) -> Any:
+        if isinstance(v, str) or not isinstance(v, list | tuple):
+            raise ValueError(f"hops must be a list of link names, got {_shown(v)}")
+        if not v:
+            raise ValueError("hops must name at least one link, got []")
+        return v
+
+    @field_validator("listen", "target")
+    @classmethod
+    def _hostport(cls, v: str | None, info: Any) -> str | None:
+        if v is not None:
+            parse_hostport(v, key=info.field_name)
+        return v
+
+
+class PathLaw:
+    """The configured law of a path: its hops' laws in order (``(link name, LinkSpec)``).
+
+    A request crosses each hop's ``up`` direction and its answer each hop's ``down``, so the
+    path's round trip is the sum of one up and one down draw per hop: the convolution of the
+    hops' RTT laws. Mean one-way delay per direction = sum of the hops' means (an
+    ``rtt_range_ms`` hop carries its whole round trip on ``up``, so it counts there); RTT mean
+    = sum of the hops' RTT means. Has the methods the fidelity probe uses of a
+    :class:`LinkSpec` (``rtt_mean_ms``, ``rtt_samples``, ``rtt_cdf``, ``describe``).
+    """
+
+    def __init__(self, name: str, hops: Any) -> None:
+        items = list(hops.items()) if isinstance(hops, Mapping) else list(hops)
+        if not items:
+            raise ValueError(f"path {name!r} needs at least one hop")
+        self.name = name
+        self.hops: tuple[tuple[str, LinkSpec], ...] = tuple(
+            (str(h), s if isinstance(s, LinkSpec) else LinkSpec.model_validate(s))
+            for h, s in items)
+
+    def __repr__(self) -> str:
+        return f"PathLaw({self.name!r}, {[h for h, _ in self.hops]})"
+
+    @property
+    def hop_names(self) -> list[str]:
+        return [h for h, _ in self.hops]
+
+    @property
+    def nodes(self) -> list[str]:
+        return [self.hops[0][1].src, *(s.dst for _, s in self.hops)]
+
+    def up_mean_ms(self) -> float:
+        """Mean one-way delay of a request along the path (sum of the hops' ``up`` means)."""
+        return float(sum(s.up.mean_ms() for _, s in self.hops))
+
+    def down_mean_ms(self) -> float:
+        """Mean one-way delay of an answer along the path (sum of the hops' ``down`` means)."""
+        return float(sum(s.down.mean_ms() for _, s in self.hops))
+
+    def rtt_mean_ms(self) -> float:
+        return float(sum(s.rtt_mean_ms() for _, s in self.hops))
+
+    def rtt_samples(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` round-trip draws (ms): the sum of one up and one down draw of every hop."""
+        total = np.zeros(n)
+        for _, s in self.hops:
+            total = total + s.rtt_samples(n, rng)
+        return total
+
+    def rtt_cdf(self, n_mc: int = 400_000, seed: int = 12345) -> Any:
+        """CDF callable of the path's round trip: exact when at most one hop direction has a
+        random law (a shift of it), else the empirical CDF of ``n_mc`` summed draws."""
+        directions = [d for _, s in self.hops for d in (s.up, s.down)]
+        random_dirs = [d for d in directions if not d.is_fixed]
+        shift = float(sum(d.delay_ms for d in directions if d.is_fixed))
+        if len(random_dirs) > 1:
+            draws = np.sort(self.rtt_samples(n_mc, np.random.default_rng(seed)))
+
+            def mc_cdf(x: np.ndarray) -> np.ndarray:
+                return np.searchsorted(draws, np.asarray(x, dtype=float), side="right") / n_mc
+
+            return mc_cdf
+        law = random_dirs[0] if random_dirs else DirectionSpec(delay_ms=0.0)
+
+        def exact_cdf(x: np.ndarray) -> np.ndarray:
+            return law.cdf(np.asarray(x, dtype=float) - shift)
+
+        return exact_cdf
+
+    def describe(self) -> str:
+        route = " → ".join(self.nodes)
+        hops = "; ".join(f"{h}: {s.describe()}" for h, s in self.hops)
+        return f"path {route} ({hops})"
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready configured law: hops, nodes, per-direction and round-trip means."""
+        return {"hops": self.hop_names, "nodes": self.nodes,
+                "up_mean_ms": self.up_mean_ms(), "down_mean_ms": self.down_mean_ms(),
+                "rtt_mean_ms": self.rtt_mean_ms(), "description": self.describe()}
+
+
 class Topology(BaseModel):
-    """Named links between named endpoints (device, mcu, edge, cloud, ...) plus a draw seed."""
+    """Named links between named endpoints (device, mcu, edge, cloud, ...), named multi-hop
+    paths over them (:class:`PathSpec`) and a draw seed."""
 
     model_config = ConfigDict(extra="forbid")
 
     links: dict[str, LinkSpec] = Field(default_factory=dict)
+    paths: dict[str, PathSpec] = Field(
+        default_factory=dict,
+        description="multi-hop paths: name -> {hops: [link names in order], listen, target}")
     seed: int = 0
     control: str | None = Field(default=None, description="host:port of the proxy control API")
     poll_us: float = Field(
@@ -391,6 +511,25 @@ class Topology(BaseModel):
             parse_hostport(v, key="control")
         return v
 
+    @model_validator(mode="after")
+    def _paths_check(self) -> Topology:
+        problems = [p for name, path in self.paths.items()
+                    for p in path_problems(name, path.hops, self.links)]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def path_law(self, name: str) -> PathLaw:
+        """The configured law of path ``name`` (its hops' current specs, in order)."""
+        path = self.paths.get(name)
+        if path is None:
+            raise KeyError(f"unknown path {name!r}; paths: {', '.join(sorted(self.paths)) or '(none)'}")
+        return PathLaw(name, [(h, self.links[h]) for h in path.hops])
+
+    def path_links(self) -> set[str]:
+        """Links some path crosses."""
+        return {h for p in self.paths.values() for h in p.hops}
+
     def endpoints(self) -> list[str]:
         names: list[str] = []
         for link in self.links.values():
@@ -404,6 +543,48 @@ class Topology(BaseModel):
             if link.src == src and link.dst == dst:
                 return name, link
         raise KeyError(f"no link from {src!r} to {dst!r}; links: {sorted(self.links)}")
+
+
+def path_problems(name: str, hops: Any, links: Mapping[str, LinkSpec]) -> list[str]:
+    """What is wrong with path ``name`` crossing ``hops`` over ``links``, one message each
+    naming the key (``paths.NAME.hops[i]: ...``); empty when the path is sound: at least one
+    hop, every hop a declared link, consecutive hops chained (hop i's ``dst`` is hop i+1's
+    ``src``), no link or node twice (a cycle), and a name no link has."""
+    key = f"paths.{name}"
+    known = ", ".join(sorted(links)) or "(none declared)"
+    problems = []
+    if name in links:
+        problems.append(f"{key}: the name is a link's too; paths and links share one name "
+                        f"space (addresses, control API, metrics): rename the path")
+    if not hops:
+        return [*problems, f"{key}.hops: hops must name at least one link, got []"]
+    seen_links: dict[str, int] = {}
+    nodes: list[str] = []
+    for i, hop in enumerate(hops):
+        spec = links.get(hop)
+        if spec is None:
+            problems.append(f"{key}.hops[{i}]: unknown link {hop!r}; links: {known}")
+            return problems
+        if hop in seen_links:
+            problems.append(f"{key}.hops[{i}]: link {hop!r} is hops[{seen_links[hop]}] "
+                            f"already; a path crosses each link once (a cycle)")
+            return problems
+        seen_links[hop] = i
+        if i == 0:
+            nodes.append(spec.src)
+        elif spec.src != nodes[-1]:
+            prev = hops[i - 1]
+            problems.append(f"{key}.hops[{i}]: link {hop!r} starts at {spec.src!r}, but "
+                            f"hops[{i - 1}] ({prev!r}) ends at {nodes[-1]!r}; consecutive hops "
+                            f"must chain (hop i's dst = hop i+1's src)")
+            return problems
+        if spec.dst in nodes:
+            route = " → ".join([*nodes, spec.dst])
+            problems.append(f"{key}.hops[{i}]: link {hop!r} returns to node {spec.dst!r} "
+                            f"({route}): a path visits each node once (a cycle)")
+            return problems
+        nodes.append(spec.dst)
+    return problems
 
 
 def ks_1samp(samples: np.ndarray, cdf: Any, tol: float = 0.0) -> tuple[float, float]:

@@ -18,11 +18,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 @contextmanager
 def proxy_process(links: dict[str, dict[str, Any]], *, seed: int = 1, control: bool = True,
-                  realtime: bool = False,
-                  token_file: Path | None = None) -> Iterator[dict[str, Any]]:
-    """``python -m netem.proxy`` for ``links`` (each with ``target``); yields its ready line."""
+                  realtime: bool = False, token_file: Path | None = None,
+                  paths: dict[str, dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
+    """``python -m netem.proxy`` for ``links`` (each with ``target`` unless only ``paths``
+    cross it) and ``paths``; yields its ready line."""
     with proxy_subprocess(links, seed=seed, control=control, realtime=realtime,
-                          token_file=token_file) as ready:
+                          token_file=token_file, paths=paths) as ready:
         yield ready
 
 

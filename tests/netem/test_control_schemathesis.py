@@ -36,9 +36,11 @@ def test_control_api_openapi_fuzz(with_token: bool, tmp_path: Path) -> None:
         token_file = tmp_path / "token"
         token_file.write_text(TOKEN)
         token_file.chmod(0o600)
-    links = {"device-edge": {"target": "127.0.0.1:9", "rtt_range_ms": [5, 15]},
-             "device-cloud": {"target": "127.0.0.1:9", "delay_ms": 10}}
-    with proxy_process(links, token_file=token_file) as ready:
+    links = {"device-edge": {"target": "127.0.0.1:9", "rtt_range_ms": [5, 15], "dst": "edge"},
+             "device-cloud": {"target": "127.0.0.1:9", "delay_ms": 10},
+             "edge-cloud": {"src": "edge", "dst": "cloud", "delay_ms": 5}}  # a hop only
+    paths = {"via-edge": {"hops": ["device-edge", "edge-cloud"], "target": "127.0.0.1:9"}}
+    with proxy_process(links, token_file=token_file, paths=paths) as ready:
         url = ready["control"]
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
         strategy = st.one_of(
@@ -69,3 +71,5 @@ def test_control_api_openapi_fuzz(with_token: bool, tmp_path: Path) -> None:
                    "PUT /v1/links/{name}/fidelity 200", "GET /v1/links/{name} 200"):
         assert any(k.startswith(wanted) for k in seen), (wanted, sorted(seen.items()))
     assert any(k.startswith("GET /v1/links 200") for k in seen), sorted(seen.items())
+    assert any(k.startswith("GET /v1/paths") and k.endswith(" 200") for k in seen), \
+        sorted(seen.items())
