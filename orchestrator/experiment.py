@@ -361,11 +361,12 @@ class Experiment(BaseModel):
         return Topology(links=dict(self.links), seed=self.seeds.links)
 
     def policy_labels(self) -> list[str]:
-        """Record label per policy: its name, or name[params] when a name appears twice."""
+        """Record label per policy: its name, or name[params] when a name appears twice (the
+        duplicate check rejects two listings with the same params)."""
         names = [p.name for p in self.policies]
         out = []
         for p in self.policies:
-            if names.count(p.name) > 1:
+            if names.count(p.name) > 1 and p.params:  # the one without params keeps the name
                 out.append(f"{p.name}[{','.join(f'{k}={v}' for k, v in sorted(p.params.items()))}]")
             else:
                 out.append(p.name)

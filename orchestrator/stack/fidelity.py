@@ -28,39 +28,41 @@ def _hostport(url: str) -> str:
 def probe_stack_links(
     exp: Experiment, state: StackState, n: int = 60, concurrency: int = 1, timeout_s: float = 45.0
 ) -> list[dict[str, Any]]:
-    """Fidelity report per link from ``device`` whose tier is reached through a link proxy.
+    """Fidelity report per node the device reaches through the link proxy: its link, or its
+    multi-hop path (the hops' laws convolved; ``kind: path`` in the report).
 
     Raises ``TimeoutError`` when all probes together take longer than ``timeout_s``.
     """
-    from netem.probe import probe_link
+    from netem.probe import probe_link, probe_path
 
-    jobs = []
-    for name, spec in exp.links.items():
-        if spec.src != "device" or spec.dst not in state.tier_urls:
+    jobs: list[tuple[str, Any, str, str]] = []
+    for node, route in exp.node_paths().items():
+        if node not in state.tier_urls:
             continue
-        via, direct = state.target_urls.get(spec.dst), state.tier_urls[spec.dst]
+        via, direct = state.target_urls.get(node), state.tier_urls[node]
         if not via or via == direct:
             continue
-        jobs.append((name, spec, _hostport(via), _hostport(direct)))
+        law: Any = (exp.links[route.hops[0]] if len(route.hops) == 1
+                    else {h: exp.links[h] for h in route.hops})
+        jobs.append((route.name, law, _hostport(via), _hostport(direct)))
 
     control = state.link_control_urls.get("links")
 
     async def run() -> list[dict[str, Any]]:
         out = []
-        for name, spec, via, direct in jobs:  # one link at a time: probes do not compete
-            probe = probe_link(
-                via,
-                spec,
-                name=name,
-                n=n,
-                mode="http",
-                concurrency=concurrency,
-                path="/healthz",
-                baseline_target=direct,
-                baseline_n=min(n, 50),
+        for name, law, via, direct in jobs:  # one at a time: probes do not compete
+            kw: dict[str, Any] = dict(
+                name=name, n=n, mode="http", concurrency=concurrency, path="/healthz",
+                baseline_target=direct, baseline_n=min(n, 50),
                 control_url=control,  # the drawn mean: common random numbers for the mean check
             )
-            out.append(await probe)
+            if isinstance(law, dict):
+                report = await probe_path(via, law, **kw)
+                report["kind"] = "path"
+            else:
+                report = await probe_link(via, law, **kw)
+                report["kind"] = "link"
+            out.append(report)
         return out
 
     reports = asyncio.run(asyncio.wait_for(run(), timeout_s))
@@ -69,7 +71,8 @@ def probe_stack_links(
                                if state.link_token_file else None)
         with httpx.Client(timeout=5, trust_env=False) as client:
             for r in reports:
+                where = "paths" if r.get("kind") == "path" else "links"
                 with contextlib.suppress(httpx.HTTPError):
-                    client.put(f"{control}/v1/links/{r['link']}/fidelity", json=r,
+                    client.put(f"{control}/v1/{where}/{r['link']}/fidelity", json=r,
                                headers=headers)
     return reports

@@ -120,8 +120,10 @@ def plan_links(
         )
     planned: list[PlannedLink] = []
     paths: list[PlannedPath] = []
-    for node, path in sorted(exp.node_paths().items()):
-        if node not in tier_urls:
+    node_paths = exp.node_paths()
+    for node in exp.tiers:  # the experiment's order: ports follow it
+        path = node_paths.get(node)
+        if path is None or node not in tier_urls:
             continue
         if len(path.hops) == 1:
             name = path.hops[0]

@@ -195,3 +195,40 @@ def test_least_loaded_spreads_what_nearest_piles_on_one_edge(state_dir: Path) ->
     assert nodes["nearest"] == {"edge-near"}
     assert nodes["least_loaded"] == {"edge-near", "edge-far"}
     assert met["least_loaded"] >= met["nearest"] + 30, met.to_dict()
+
+
+def test_hierarchy_crosses_every_hop_of_the_path(state_dir: Path) -> None:
+    """experiments/hierarchical.yaml: the cloud is three links away (device -> edge-1 ->
+    regional -> cloud). Every cloud request crosses each hop once (each hop link drew one delay
+    per request), the records name the path, and the fidelity probe reports the path."""
+    from orchestrator.stack.demo import run_on_stack
+
+    n = 20
+    exp = load_experiment(REPO / "experiments" / "hierarchical.yaml").with_overrides(
+        {"workload.n": n, "workload.lm_ratio": 0.0, "policies": ["always_cloud"]})
+    state = manager.up(exp, state_dir, prometheus="off")
+    try:
+        result, _ = run_on_stack(exp, state, state_dir / "run", progress=False, plots=False,
+                                 fidelity_probes=20, log=lambda _: None)
+    finally:
+        manager.down(state_dir)
+    rec = result.records
+    hops = ["device-edge-1", "edge-1-regional", "regional-cloud"]
+    assert (rec.outcome == "ok").all() and len(rec) == n, rec.outcome.value_counts()
+    assert set(rec.path) == {">".join(hops)} and set(rec.node) == {"cloud"}
+    import json
+
+    info = json.loads((result.run_dir / "run.json").read_text())
+    start, end = info["observed"]["start always_cloud"], info["observed"]["end"]
+    used = {h: end[h]["up"]["messages"] - start[h]["up"]["messages"] for h in hops}
+    assert used == dict.fromkeys(hops, n), used
+    assert info["topology"]["nodes"]["cloud"]["path"] == hops
+    assert info["topology"]["nodes"]["cloud"]["rtt_mean_ms"] == 48.0
+    reports = {r["link"]: r for r in info["link_fidelity"]}
+    assert reports["path-cloud"]["kind"] == "path", reports.keys()
+    # the path's configured law is its hops' sum: 6 + 12 + 30 ms mean round trip
+    print({k: (r["configured"]["mean_ms"], r["achieved"]["mean_ms"]) for k, r in reports.items()})
+    assert abs(reports["path-cloud"]["configured"]["mean_ms"] - 48.0) < 1e-6
+    # latency = cloud fp32 (12 ms) + the path's RTT + this host's overhead (host lead absorbs
+    # most of it): the mean sits near 12 + 48 ms
+    assert 55.0 <= rec.latency_ms.mean() <= 70.0, rec.latency_ms.describe()
