@@ -39,6 +39,7 @@ import httpx
 import yaml
 
 from netem.auth import auth_headers, read_token_file
+from services.tier.classes import DEFAULT_NODES
 
 LINK_BACKENDS = ("auto", "tc", "proxy", "none")
 
@@ -50,7 +51,8 @@ class Settings:
     experiment: Path = Path("experiments/seed.yaml")
     n: int | None = None
     link_backend: str = "auto"
-    targets: str = "mcu=http://mcu:8000,edge=http://edge:8000,cloud=http://cloud:8000"
+    # the compose services of the default nodes, each named after its node
+    targets: str = ",".join(f"{n}=http://{n}:8000" for n in DEFAULT_NODES)
     prometheus_url: str | None = "http://prometheus:9090"
     runs_dir: Path = Path("/runs")
     metrics_port: int = 9100
@@ -334,10 +336,10 @@ def probe_fidelity(links: Links, exp: Any, n: int) -> dict[str, Any]:
 # ---- tiers, run, hand-over --------------------------------------------------------------
 
 
-def parse_targets(text: str) -> dict[str, str]:
+def parse_targets(text: str, nodes: list[str] | None = None) -> dict[str, str]:
     from orchestrator.commands import parse_targets as parse
 
-    return parse(text)
+    return parse(text, nodes)
 
 
 def wait_ready(tier_urls: Mapping[str, str], timeout_s: float) -> None:
@@ -380,7 +382,7 @@ def run(settings: Settings) -> int:
     if settings.n is not None:
         overrides["workload.n"] = settings.n
     exp = exp.with_overrides(overrides, "container settings")
-    tier_urls = parse_targets(settings.targets)
+    tier_urls = parse_targets(settings.targets, list(exp.tiers))
     log(f"experiment {exp.name!r} from {settings.experiment}; waiting for tiers")
     wait_ready(tier_urls, settings.ready_timeout_s)
 

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("common", "models", "services", "netem", "orchestrator", "docker")
 ALLOWED = {"services/tier/classes.py", "services/tier/simulator.py"}
 # "mcu", "EDGE", "edge/fp32", "@cloud/llm", "edge-1": a tier name as a value, a route or a node
-TIER_LITERAL = re.compile(r"^@?(mcu|edge|cloud)(/|-\d|$)", re.IGNORECASE)
+TIER_LITERAL = re.compile(r"^@?(mcu|edge|cloud)(/|-\d|=|$)", re.IGNORECASE)
 
 
 def tier_literals(source: str) -> list[tuple[int, str]]:
@@ -41,8 +41,9 @@ def tier_literals(source: str) -> list[tuple[int, str]]:
 
 def test_the_scanner_finds_what_it_is_meant_to() -> None:
     found = tier_literals('"""mcu docs"""\nA = "EDGE/fp32"\nB = {"mcu": 1}\nC = "edged"\n'
-                          'D = f"{x}/edge"\nE = "@cloud/llm"\n')
-    assert sorted(text for _, text in found) == ["@cloud/llm", "EDGE/fp32", "mcu"]
+                          'D = f"{x}/edge"\nE = "@cloud/llm"\nF = "edge=http://edge:8000"\n')
+    assert sorted(text for _, text in found) == [
+        "@cloud/llm", "EDGE/fp32", "edge=http://edge:8000", "mcu"]
 
 
 def test_no_tier_name_literal_outside_the_class_registry() -> None:
