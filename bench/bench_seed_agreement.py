@@ -63,6 +63,8 @@ def analyse(exp, run_dir: Path) -> list[dict]:  # type: ignore[no-untyped-def]
         finish = obs[marks[marks.index(f"start {policy}") + 1]]
         start = {way: int(begin[link][way]["messages"]) for way in ("up", "down")}
         for way in ("up", "down"):
+            if getattr(exp.links[link], way).is_zero:
+                continue  # nothing drawn that way (rtt_range_ms puts the round trip on up)
             used = int(finish[link][way]["messages"]) - start[way]
             if used != len(recs):  # the reconstruction needs one message per request and way
                 print(f"warning: {policy} {link} {way}: {used} messages for {len(recs)} requests")
