@@ -315,6 +315,15 @@ def create_control_app(links: LinkProxySet, token: str | None = None) -> FastAPI
         return _error(404, "name", f"name: unknown path {name!r}; paths: "
                                    f"{', '.join(sorted(links.paths)) or '(none)'}")
 
+    def record_fidelity(name: str, report: dict[str, Any]) -> Any:
+        """A probe report of a link or path as its fidelity gauges (422 naming a bad field)."""
+        try:
+            links.metrics.set_fidelity(name, report)
+        except ValueError as exc:
+            field = str(exc).split(" ", 1)[0]
+            return _error(422, field, str(exc))
+        return {"status": "recorded"}
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -346,12 +355,7 @@ def create_control_app(links: LinkProxySet, token: str | None = None) -> FastAPI
     def put_fidelity(name: str, report: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
         if name not in links.links:
             return unknown(name)
-        try:
-            links.metrics.set_fidelity(name, report)
-        except ValueError as exc:
-            field = str(exc).split(" ", 1)[0]
-            return _error(422, field, str(exc))
-        return {"status": "recorded"}
+        return record_fidelity(name, report)
 
     @app.get("/v1/paths", response_model=PathList)
     def list_paths() -> dict[str, Any]:
@@ -369,12 +373,7 @@ def create_control_app(links: LinkProxySet, token: str | None = None) -> FastAPI
         (paths and links share one name space)."""
         if name not in links.paths:
             return unknown_path(name)
-        try:
-            links.metrics.set_fidelity(name, report)
-        except ValueError as exc:
-            field = str(exc).split(" ", 1)[0]
-            return _error(422, field, str(exc))
-        return {"status": "recorded"}
+        return record_fidelity(name, report)
 
     @app.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}})
