@@ -18,9 +18,11 @@ import math
 import re
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -37,17 +39,18 @@ from models.paths import models_dir
 from netem.spec import LinkSpec, Topology
 from orchestrator.arrivals import ARRIVALS, make_schedule
 from orchestrator.energy import ENERGY_MODELS, make_energy_model
-from orchestrator.policies import POLICIES, make_policy
+from orchestrator.policies import POLICIES, make_policy, resolve_route
 from orchestrator.profiles import SIM_LM_EXTRA_MS, split_route
 from orchestrator.workload import Seeds, WorkloadSpec
-from services.tier.classes import DEFAULT_NODES
+from services.tier.classes import DEFAULT_NODES, ESCALATION_LADDER
 from services.tier.config import TierConfig, TierConfigError, node_config_data
 
 # the nodes an experiment without a ``tiers`` section gets: the teaching simulator's three
 TIER_NAMES: tuple[str, ...] = DEFAULT_NODES
 NODE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 MAX_NODES = 64
-DEVICE = "device"  # the request source: the orchestrator itself, until device groups exist
+DEVICE = "device"  # the device group of an experiment that declares none: one device
+DEFAULT_MAX_DEVICES = 1000
 MAX_SCENARIO_S = 7 * 24 * 3600.0
 
 
@@ -239,6 +242,71 @@ class ScenarioEvent(BaseModel):
         return self.link or self.node or ""
 
 
+# ------------------------------------------------------------------------------- devices
+class DeviceGroup(BaseModel):
+    """A group of request sources (``devices.<group>``): ``count`` devices alike, each with its
+    own id (``<group>-<i>``; the group's name when the count is 1), its own workload and
+    arrival stream (seeded per device), the group's links (a link whose ``src`` is the group is
+    the group's shared access medium, e.g. a cell's uplink) and its own radio.
+
+    ``workload`` and ``arrival`` are layered over the experiment's top-level sections; ``radio``
+    over the energy model's parameters (``energy.params``). ``attach`` names the access node
+    (the ``@access`` selector of a route); a link from the group must lead to it.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True,
+                              serialize_by_alias=True)
+    count: int = Field(default=1, ge=1, le=100_000, description="devices in the group")
+    device_class: str = Field(default=ESCALATION_LADDER[0], alias="class",
+                              description="the devices' own hardware class (recorded)")
+    attach: str | None = Field(default=None, description="access node: the first hop's end")
+    workload: dict[str, Any] = Field(default_factory=dict,
+                                     description="keys of the top-level workload, per device")
+    arrival: ArrivalSpec | None = Field(default=None, description="the arrival process of "
+                                        "each device (default: the top-level arrival)")
+    radio: dict[str, Any] = Field(default_factory=dict,
+                                  description="energy model parameters for these devices")
+
+    @field_validator("device_class")
+    @classmethod
+    def _class(cls, v: str) -> str:
+        from services.tier.classes import class_names
+
+        if v not in class_names():
+            raise ValueError(f"must be one of {list(class_names())}, got {v!r}")
+        return v
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """One device group resolved: its devices, workload, arrival, energy parameters and the
+    index of its first device among all devices (the per-device seed offset)."""
+
+    name: str
+    count: int
+    device_class: str
+    attach: str | None
+    workload: WorkloadSpec
+    arrival: ArrivalSpec
+    energy_params: dict[str, Any]
+    first_index: int
+
+    def device_ids(self) -> list[str]:
+        if self.count == 1:
+            return [self.name]
+        return [f"{self.name}-{i}" for i in range(self.count)]
+
+
+def device_seeds(seeds: Seeds, index: int) -> Seeds:
+    """The seeds of the ``index``-th device of the experiment: the experiment's own seeds for
+    the first (so one device replays exactly what it did before device groups existed), else
+    each dimension's seed mixed with the index."""
+    if index == 0:
+        return seeds
+    return Seeds(**{dim: int(np.random.SeedSequence([int(v), index]).generate_state(1)[0])
+                    for dim, v in seeds.model_dump().items()})
+
+
 # ------------------------------------------------------------------------------ experiment
 def _default_tiers() -> dict[str, Any]:
     return {name: {} for name in TIER_NAMES}
@@ -257,11 +325,17 @@ class Experiment(BaseModel):
     seeds: Seeds = Field(default_factory=Seeds)
     tiers: dict[str, TierConfig] = Field(default_factory=_default_tiers,  # type: ignore[arg-type]
                                          validate_default=True)
+    devices: dict[str, DeviceGroup] = Field(
+        default_factory=dict,
+        description="device groups (request sources); none declared: one device named "
+        f"{DEVICE!r} with the top-level workload and arrival")
+    max_devices: int = Field(default=DEFAULT_MAX_DEVICES, ge=1, le=100_000,
+                             description="cap on the number of devices of all groups")
     links: dict[str, LinkSpec] = Field(default_factory=dict)
     paths: dict[str, list[str]] = Field(
         default_factory=dict,
-        description="declared paths from the device: node -> link names in order (else the "
-        "shortest by configured mean round trip)")
+        description="declared paths: node -> link names in order, from the group the first "
+        "link starts at (else the shortest by configured mean round trip)")
     link_backend: Literal["auto", "tc", "proxy", "none"] = "proxy"
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     arrival: ArrivalSpec = Field(default_factory=ArrivalSpec)
@@ -276,6 +350,17 @@ class Experiment(BaseModel):
     _doc: dict[str, Any] = PrivateAttr(default_factory=dict)
     _source: str = PrivateAttr("<experiment>")
     _base_dir: Path | None = PrivateAttr(None)
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _group_names(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        bad = [k for k in v if not (isinstance(k, str) and re.match(NODE_NAME_PATTERN, k))]
+        if bad:
+            raise ValueError(f"device group names must be lower case letters, digits, '-' or "
+                             f"'_' (1-32, starting with a letter), got {bad}")
+        return {k: ({} if sec is None else sec) for k, sec in v.items()}
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -294,7 +379,7 @@ class Experiment(BaseModel):
             raise ValueError(f"node names must be lower case letters, digits, '-' or '_' "
                              f"(1-32, starting with a letter), got {bad}")
         if DEVICE in v:
-            raise ValueError(f"{DEVICE!r} names the request source, not a node")
+            raise ValueError(f"{DEVICE!r} names the default device group, not a node")
         if not v:
             raise ValueError("at least one tier is required")
         if len(v) > MAX_NODES:
@@ -333,26 +418,75 @@ class Experiment(BaseModel):
             out[name] = row
         return out
 
-    def node_infos(self) -> dict[str, Any]:
-        """What policies know of each node (``orchestrator.policies.NodeInfo``)."""
-        from orchestrator.policies import NodeInfo
+    # ------------------------------------------------------------------ devices and paths
+    def group_names(self) -> list[str]:
+        """The device groups, in the file's order (``device`` when none are declared)."""
+        return list(self.devices) or [DEVICE]
 
-        rtt = self.rtt_mean_ms()
-        return {name: NodeInfo(name, str(t.node_class), rtt.get(name, 0.0), t.concurrency,
-                               tuple(t.served_models))
-                for name, t in self.tiers.items()}
+    def default_group(self) -> str:
+        return self.group_names()[0]
 
-    def node_paths(self) -> dict[str, Any]:
-        """Each reachable node's path from the device (``orchestrator.topology.Path``)."""
+    def groups(self) -> list[GroupPlan]:
+        """Every device group resolved (workload and arrival layered over the top level)."""
+        if not self.devices:
+            return [GroupPlan(DEVICE, 1, ESCALATION_LADDER[0], None, self.workload, self.arrival,
+                              dict(self.energy.params), 0)]
+        out, first = [], 0
+        for name, g in self.devices.items():
+            workload = WorkloadSpec.model_validate({**self.workload.model_dump(), **g.workload})
+            out.append(GroupPlan(name, g.count, g.device_class, g.attach, workload,
+                                 g.arrival or self.arrival, {**self.energy.params, **g.radio},
+                                 first))
+            first += g.count
+        return out
+
+    def n_devices(self) -> int:
+        return sum(g.count for g in self.devices.values()) if self.devices else 1
+
+    def group_paths(self, group: str | None = None) -> dict[str, Any]:
+        """Each node ``group`` reaches through links, with its path
+        (``orchestrator.topology.Path``); default: the first group."""
         from orchestrator.topology import node_paths
 
-        return {n: p for n, p in node_paths(self.links, self.paths).items() if n in self.tiers}
+        src = group or self.default_group()
+        return {n: p for n, p in node_paths(self.links, self.paths, src).items()
+                if n in self.tiers}
 
-    def rtt_mean_ms(self) -> dict[str, float]:
-        """Configured mean round trip from the device to each node along its path (0 for a
-        node no link reaches: it is reached directly)."""
-        out = {name: 0.0 for name in self.tiers}
-        for name, path in self.node_paths().items():
+    def node_paths(self) -> dict[str, Any]:
+        """The first group's paths (the only group's, when none are declared)."""
+        return self.group_paths()
+
+    def all_paths(self) -> dict[tuple[str, str], Any]:
+        """(group, node) -> path, for every group and every node it reaches through links."""
+        return {(g, n): p for g in self.group_names() for n, p in self.group_paths(g).items()}
+
+    def linked_nodes(self) -> set[str]:
+        """Nodes some group reaches through links (the others are reached directly)."""
+        return {n for (_, n) in self.all_paths()}
+
+    def reachable(self, group: str | None = None) -> list[str]:
+        """Nodes a device of ``group`` can send to: through its links, or directly when no
+        group reaches the node through links."""
+        paths = self.group_paths(group)
+        linked = self.linked_nodes()
+        return [n for n in self.tiers if n in paths or n not in linked]
+
+    def node_infos(self, group: str | None = None) -> dict[str, Any]:
+        """What policies know of each node ``group`` reaches (``orchestrator.policies.NodeInfo``:
+        class, mean round trip from the group, slots, models)."""
+        from orchestrator.policies import NodeInfo
+
+        rtt = self.rtt_mean_ms(group)
+        return {name: NodeInfo(name, str(self.tiers[name].node_class), rtt.get(name, 0.0),
+                               self.tiers[name].concurrency,
+                               tuple(self.tiers[name].served_models))
+                for name in self.reachable(group)}
+
+    def rtt_mean_ms(self, group: str | None = None) -> dict[str, float]:
+        """Configured mean round trip from ``group`` to each node it reaches along its path
+        (0 for a node reached directly)."""
+        out = {name: 0.0 for name in self.reachable(group)}
+        for name, path in self.group_paths(group).items():
             out[name] = float(path.rtt_mean_ms)
         return out
 
@@ -400,23 +534,55 @@ DEFAULT_POLICIES: tuple[str, ...] = (
 
 
 # --------------------------------------------------------------------------- cross-checks
+def _check_devices(exp: Experiment) -> list[str]:
+    """Group names against node names, the device cap, per-group workload/arrival/radio."""
+    problems: list[str] = []
+    for name in exp.devices:
+        if name in exp.tiers:
+            problems.append(f"devices.{name}: {name!r} is also a node under tiers; names of "
+                            "nodes and device groups must differ")
+    total = exp.n_devices()
+    if total > exp.max_devices:
+        counts = ", ".join(f"{g}: {d.count}" for g, d in exp.devices.items())
+        problems.append(f"devices: {total} devices ({counts}) exceed max_devices "
+                        f"({exp.max_devices}); lower a count or raise max_devices (at most "
+                        "100000)")
+    for name, g in exp.devices.items():
+        key = f"devices.{name}"
+        try:
+            WorkloadSpec.model_validate({**exp.workload.model_dump(), **g.workload})
+        except ValidationError as exc:
+            problems.extend(format_problems(exc, WorkloadSpec, ("devices", name, "workload")))
+        if g.attach is not None:
+            if g.attach not in exp.tiers:
+                problems.append(f"{key}.attach: unknown node {g.attach!r}; nodes: "
+                                f"{', '.join(sorted(exp.tiers))}")
+            elif not any(lk.src == name and lk.dst == g.attach for lk in exp.links.values()):
+                problems.append(f"{key}.attach: no link from {name} to {g.attach} (declare "
+                                f"one under links with src: {name}, dst: {g.attach})")
+    return problems
+
+
 def _check_links(exp: Experiment) -> list[str]:
     problems: list[str] = []
     declared = sorted(exp.tiers)
+    groups = exp.group_names()
     for lname, link in exp.links.items():
         for end in ("src", "dst"):
             name = getattr(link, end)
-            if name != DEVICE and name not in exp.tiers:
+            if name not in groups and name not in exp.tiers:
                 problems.append(
-                    f"links.{lname}.{end}: {name!r} is neither {DEVICE!r} nor a tier declared "
-                    f"under tiers (declared: {', '.join(declared)})"
+                    f"links.{lname}.{end}: {name!r} is neither a device group "
+                    f"({', '.join(groups)}) nor a node declared under tiers (declared: "
+                    f"{', '.join(declared)})"
                 )
         if link.src == link.dst:
             problems.append(f"links.{lname}: src and dst must differ, both are {link.src!r}")
-        elif link.dst == DEVICE:
+        elif link.dst in groups:
             problems.append(
-                f"links.{lname}: dst must be a tier and src {DEVICE!r} (up is the request "
-                f"direction, down the reply), got {link.src} → {link.dst}"
+                f"links.{lname}: dst must be a node; {link.dst!r} is a device group (up is "
+                f"the request direction, from a group towards nodes; down the reply), got "
+                f"{link.src} → {link.dst}"
             )
     pairs: dict[tuple[str, str], str] = {}
     for lname, link in exp.links.items():
@@ -428,63 +594,92 @@ def _check_links(exp: Experiment) -> list[str]:
         pairs[pair] = lname
     if problems:
         return problems
-    from orchestrator.topology import check_declared_path, node_paths
+    from orchestrator.topology import check_declared_path, declared_source
 
     for dst, hops in exp.paths.items():
         if dst not in exp.tiers:
             problems.append(f"paths.{dst}: unknown node {dst!r}; nodes: {', '.join(declared)}")
-        else:
-            problems += check_declared_path(dst, hops, exp.links)
+            continue
+        source = declared_source(hops, exp.links)
+        if source is not None and source not in groups:
+            problems.append(f"paths.{dst}[0]: a path starts at a device group "
+                            f"({', '.join(groups)}); link {hops[0]} starts at node {source!r}")
+            continue
+        problems += check_declared_path(dst, hops, exp.links, source or groups[0])
     if problems:
         return problems
-    crossed = {h for p in node_paths(exp.links, exp.paths).values() for h in p.hops}
+    crossed = {h for p in exp.all_paths().values() for h in p.hops}
     for lname in exp.links:
-        if lname not in crossed:  # a link no request from the device ever crosses
+        if lname not in crossed:  # a link no request from any group ever crosses
             problems.append(
-                f"links.{lname}: no path from {DEVICE!r} crosses it (each node is reached by "
-                f"its declared path or the shortest by mean RTT); remove it or declare a path "
-                f"under paths"
+                f"links.{lname}: no path from {', '.join(repr(g) for g in groups)} crosses it "
+                f"(each node is reached by its declared path or the shortest by mean RTT); "
+                f"remove it or declare a path under paths"
             )
     return problems
 
 
 def _check_policies(exp: Experiment) -> list[str]:
+    """Every route a policy may take, for every device group, resolves to a node the group
+    reaches that serves the route's model (only the request kinds the group's workload
+    generates need their routes served)."""
     problems: list[str] = []
-    declared = sorted(exp.tiers)
     labels = exp.policy_labels()
     if len(set(labels)) != len(labels):
         problems.append(f"policies: the same policy with the same params is listed twice: {labels}")
-    nodes = exp.node_infos()
+    groups = exp.groups()
+    for group in groups:
+        if not exp.reachable(group.name):
+            problems.append(
+                f"devices.{group.name}: its devices reach no node: no link starts at "
+                f"{group.name!r} and every node is reached through links from other groups; "
+                f"add a link with src: {group.name}")
+    if problems:
+        return problems
     for i, pol in enumerate(exp.policies):
-        try:
-            policy = make_policy(pol.name, pol.params, nodes)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"policies[{i}].params ({pol.name}): {exc}")
-            continue
-        routes = policy.routes()
-        if hasattr(policy, "cv_routes") and hasattr(policy, "lm_routes"):
-            # only the kinds of request the workload generates need their routes served
-            routes = [
-                *(policy.cv_routes if exp.workload.lm_ratio < 1 else []),
-                *(policy.lm_routes if exp.workload.lm_ratio > 0 else []),
-            ]
-        for route in routes:
-            if route in policy.unresolved:
-                problems.append(f"policies[{i}] ({pol.name}): {policy.unresolved[route]}")
-                continue
-            tier, model = split_route(route)
-            if tier not in exp.tiers:
-                problems.append(
-                    f"policies[{i}] ({pol.name}): route {route} needs tier {tier!r}, which is not "
-                    f"declared under tiers (declared: {', '.join(declared)})"
-                )
-            elif model not in exp.tiers[tier].served_models:
-                served = ", ".join(exp.tiers[tier].served_models)
-                problems.append(
-                    f"policies[{i}] ({pol.name}): route {route} needs model {model!r}, which "
-                    f"tier {tier} does not serve (tiers.{tier}.models/lm: {served})"
-                )
-    return problems
+        for group in groups:
+            nodes = exp.node_infos(group.name)
+            where = "" if not exp.devices else f" for devices.{group.name}"
+            try:
+                policy = make_policy(pol.name, pol.params, nodes)
+            except (TypeError, ValueError) as exc:
+                problems.append(f"policies[{i}].params ({pol.name}): {exc}")
+                break
+            routes = policy.selectors() if hasattr(policy, "cv_routes") else policy.routes()
+            if hasattr(policy, "cv_routes") and hasattr(policy, "lm_routes"):
+                routes = [
+                    *(policy.cv_routes if group.workload.lm_ratio < 1 else []),
+                    *(policy.lm_routes if group.workload.lm_ratio > 0 else []),
+                ]
+            reach = sorted(nodes)
+            for route in routes:
+                if route in policy.unresolved:
+                    problems.append(f"policies[{i}] ({pol.name}){where}: "
+                                    f"{policy.unresolved[route]}")
+                    continue
+                resolved, why = resolve_route(route, nodes, group.attach)
+                if why:
+                    problems.append(f"policies[{i}] ({pol.name}){where}: {why}")
+                    continue
+                tier, model = split_route(resolved)
+                if tier not in exp.tiers:
+                    problems.append(
+                        f"policies[{i}] ({pol.name}): route {route} needs node {tier!r}, which "
+                        f"is not declared under tiers (declared: {', '.join(sorted(exp.tiers))})"
+                    )
+                elif tier not in nodes:
+                    problems.append(
+                        f"policies[{i}] ({pol.name}){where}: route {route} needs node {tier!r}, "
+                        f"which no path from {group.name} reaches (reached: "
+                        f"{', '.join(reach) or 'none'}); add a link or a path"
+                    )
+                elif model not in exp.tiers[tier].served_models:
+                    served = ", ".join(exp.tiers[tier].served_models)
+                    problems.append(
+                        f"policies[{i}] ({pol.name}): route {route} needs model {model!r}, which "
+                        f"node {tier} does not serve (tiers.{tier}.models/lm: {served})"
+                    )
+    return list(dict.fromkeys(problems))
 
 
 def _check_scenario(exp: Experiment) -> list[str]:
@@ -509,7 +704,8 @@ def _check_scenario(exp: Experiment) -> list[str]:
         elif ev.action in NODE_ACTIONS and ev.node not in exp.tiers:
             problems.append(f"{key}.node: unknown node {ev.node!r}; nodes: "
                             f"{', '.join(sorted(exp.tiers))}")
-        elif ev.action == "arrival_rate" and exp.arrival.process == "serial":
+        elif ev.action == "arrival_rate" and all(g.arrival.process == "serial"
+                                                 for g in exp.groups()):
             problems.append(f"{key}: arrival_rate needs an open-loop arrival process (arrival "
                             "is serial: the next request leaves when the previous one finished)")
     return problems
@@ -523,6 +719,9 @@ def _cross_check(exp: Experiment) -> list[str]:
             tier_cfg.check_memory(models_dir())
         except TierConfigError as exc:
             problems.append(f"tiers.{name}.{exc}")
+    problems += _check_devices(exp)
+    if problems:
+        return problems
     problems += _check_links(exp)
     problems += _check_policies(exp)
     try:
@@ -531,11 +730,17 @@ def _cross_check(exp: Experiment) -> list[str]:
         problems.extend(format_problems(exc, BaseModel, ("energy", "params")))
     except (TypeError, ValueError) as exc:
         problems.append(f"energy.params: {exc}")
-    try:
-        n = min(exp.workload.n, 50)
-        make_schedule(exp.arrival.process, n, exp.seeds.arrivals, exp.arrival.params)
-    except (ValueError, OSError) as exc:
-        problems.append(f"arrival.params: {exc}")
+    for group in exp.groups():
+        key = "arrival" if group.arrival is exp.arrival else f"devices.{group.name}.arrival"
+        try:
+            n = min(group.workload.n, 50)
+            make_schedule(group.arrival.process, n, exp.seeds.arrivals, group.arrival.params)
+        except (ValueError, OSError) as exc:
+            problems.append(f"{key}.params: {exc}")
+        try:
+            make_energy_model(exp.energy.model, group.energy_params)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"devices.{group.name}.radio: {exc}")
     problems += _check_scenario(exp)
     return problems
 

@@ -20,6 +20,7 @@ PLOT_FILES: tuple[str, ...] = (
     "latency_cdf.png",
     "route_mix.png",
 )
+GROUP_PLOT = "groups.png"
 MARKERS = "osD^vP*Xh<>p"
 
 
@@ -126,4 +127,34 @@ def plot_run(records: pd.DataFrame, summary: pd.DataFrame, out_dir: str | Path,
     fig.tight_layout()
     fig.savefig(paths[3], dpi=110)
     plt.close(fig)
+    if "group" in records and records["group"].nunique() > 1:
+        paths.append(plot_groups(records, out / GROUP_PLOT, title))
     return paths
+
+
+def plot_groups(records: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Deadline met (%) and p95 latency per device group, one bar per policy."""
+    from orchestrator.summary import summarize_groups
+
+    per = summarize_groups(records)
+    groups = list(dict.fromkeys(per["group"]))
+    policies = list(dict.fromkeys(per["policy"]))
+    width = 0.8 / max(1, len(policies))
+    x = np.arange(len(groups))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, col, label in ((axes[0], "deadline_met_pct", "Deadline met (%)"),
+                           (axes[1], "latency_p95_ms", "p95 latency (ms, answered requests)")):
+        for i, policy in enumerate(policies):
+            mine = per[per["policy"] == policy].set_index("group").reindex(groups)
+            ax.bar(x + (i - (len(policies) - 1) / 2) * width, mine[col].to_numpy(), width,
+                   label=policy)
+        ax.set_xticks(x, [f"{g}\n({int(per[per['group'] == g]['n_devices'].iloc[0])} devices)"
+                          for g in groups], fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower left", framealpha=0.9)
+    fig.suptitle(_heading("Per device group", title, records), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

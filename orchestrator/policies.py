@@ -6,10 +6,13 @@ and returns the attempt it accepts. ``ctx.predict_ms(route)`` gives the predicte
 route (tier profile + link RTT, optionally corrected online by an EWMA of what was observed) and
 ``ctx.remaining_ms()`` the deadline budget left.
 
-A route is ``node/model`` (``edge-2/fp32``) or ``@class/model`` (``@edge/fp32``: the device's
-nearest node of class edge that serves the model, by configured round trip; ties by name).
-:func:`make_policy` binds a policy to the experiment's nodes (:class:`NodeInfo`), which resolves
-its selectors; the built-in policies name classes only, never nodes. Add a policy::
+A route is ``node/model`` (``edge-2/fp32``), ``@class/model`` (``@edge/fp32``: the nearest node
+of class edge that serves the model, seen from the requesting device, by configured round
+trip; ties by name) or ``@access/model`` (the device group's access node, ``attach``).
+Selectors are resolved per request against the requesting device's view of the topology
+(``ctx.nodes``: the nodes its group reaches, with their round trips from it), so one policy
+serves every device group; :func:`make_policy` binds a policy to a view for validation. The
+built-in policies name classes only, never nodes. Add a policy::
 
     @register_policy("edge_first")
     class EdgeFirst(Policy):
@@ -26,7 +29,6 @@ its selectors; the built-in policies name classes only, never nodes. Add a polic
 from __future__ import annotations
 
 import inspect
-import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ from services.tier import simulator
 from services.tier.classes import ESCALATION_LADDER, class_names
 
 LOCAL, EDGE, CLOUD = (f"@{c}" for c in ESCALATION_LADDER)  # class selectors, not node names
+ACCESS = "@access"  # the device group's access node
 
 
 @dataclass(frozen=True)
@@ -71,14 +74,22 @@ def default_nodes() -> dict[str, NodeInfo]:
     }
 
 
-def resolve_route(route: str, nodes: Mapping[str, NodeInfo]) -> tuple[str, str | None]:
-    """``(node/model, None)`` for a route or a selector that resolves, else ``(route, why)``."""
+def resolve_route(route: str, nodes: Mapping[str, NodeInfo],
+                  access: str | None = None) -> tuple[str, str | None]:
+    """``(node/model, None)`` for a route or a selector that resolves against ``nodes`` (one
+    device group's view; ``access`` its access node), else ``(route, why)``."""
     node, model = parse_route(route)
     if not node.startswith("@"):
         return f"{node}/{model}", None
+    if node == ACCESS:
+        if access is None:
+            return route, (f"route {route}: the device group declares no access node "
+                           "(devices.<group>.attach)")
+        return f"{access}/{model}", None
     wanted = node[1:]
     if wanted not in class_names():
-        return route, f"route {route}: {wanted!r} is not a class; classes: {', '.join(class_names())}"
+        return route, (f"route {route}: {wanted!r} is not a class or 'access'; classes: "
+                       f"{', '.join(class_names())}")
     fits = [n for n in nodes.values()
             if n.node_class == wanted and (not n.models or model in n.models)]
     if not fits:
@@ -137,8 +148,16 @@ class LatencyPredictor:
 AttemptFn = Callable[[str], Awaitable[Attempt]]
 
 
+def _wall_clock() -> float:
+    import time
+
+    return time.perf_counter()
+
+
 class PolicyContext:
-    """What a policy sees while handling one request."""
+    """What a policy sees while handling one request: the request, the requesting device
+    (``device``, ``group``), its view of the nodes (``nodes``: what its group reaches, with
+    the round trips from it; ``access``: its access node), the predictor and the clock."""
 
     def __init__(
         self,
@@ -146,15 +165,32 @@ class PolicyContext:
         attempt_fn: AttemptFn,
         predictor: LatencyPredictor,
         t_intended: float,
+        *,
+        nodes: Mapping[str, NodeInfo] | None = None,
+        access: str | None = None,
+        clock: Callable[[], float] = _wall_clock,
     ) -> None:
         self.request = request
         self._attempt_fn = attempt_fn
         self.predictor = predictor
         self.t_intended = t_intended
+        self.nodes: Mapping[str, NodeInfo] = nodes if nodes is not None else default_nodes()
+        self.access = access
+        self.device = request.device
+        self.group = request.group
+        self._now = clock
         self.attempts: list[Attempt] = []
 
+    def resolve(self, route: str) -> str:
+        """``node/model`` for a route or selector, from this request's device; raises
+        ValueError when a selector names no node this device reaches."""
+        resolved, why = resolve_route(route, self.nodes, self.access)
+        if why:
+            raise ValueError(why)
+        return "/".join(split_route(resolved))  # one spelling: node names in lower case
+
     async def attempt(self, route: str) -> Attempt:
-        route = "/".join(split_route(route))  # one spelling: node names in lower case
+        route = self.resolve(route)
         a = await self._attempt_fn(route)
         self.attempts.append(a)
         if a.ok:
@@ -162,10 +198,10 @@ class PolicyContext:
         return a
 
     def predict_ms(self, route: str) -> float:
-        return self.predictor.predict_ms(route, self.request.length)
+        return self.predictor.predict_ms(self.resolve(route), self.request.length)
 
     def elapsed_ms(self) -> float:
-        return (time.perf_counter() - self.t_intended) * 1e3
+        return (self._now() - self.t_intended) * 1e3
 
     def remaining_ms(self) -> float:
         return self.request.deadline_ms - self.elapsed_ms()
@@ -179,28 +215,44 @@ class Policy:
     unresolved: dict[str, str]  # selector -> why it names no node (reported if it is used)
 
     def bind(self, nodes: Mapping[str, NodeInfo]) -> None:
-        """Resolve the class selectors in ``cv_routes``/``lm_routes`` against ``nodes``."""
+        """Check the selectors in ``cv_routes``/``lm_routes`` against ``nodes`` (a selector
+        that names no node goes to ``unresolved``, reported when the workload needs it). The
+        routes keep their selectors: each request resolves them from its own device."""
         self.nodes = dict(nodes)
         self.unresolved = {}
         for attr in ("cv_routes", "lm_routes"):
-            if not hasattr(self, attr):
-                continue
-            out = []
-            for route in getattr(self, attr):
-                resolved, why = resolve_route(route, nodes)
+            for route in getattr(self, attr, []):
+                if parse_route(route)[0] == ACCESS:
+                    continue  # per device group: checked against each group's attach
+                _, why = resolve_route(route, nodes)
                 if why:
                     self.unresolved[route] = why
-                out.append(resolved)
-            setattr(self, attr, out)
 
     async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
         raise NotImplementedError
 
-    def routes(self) -> list[str]:
-        """Routes this policy may use (pre-initialises metric labels)."""
+    def selectors(self) -> list[str]:
+        """Routes this policy may use as written (``@class/model`` selectors unresolved)."""
         unresolved = getattr(self, "unresolved", {})
         return [r for attr in ("cv_routes", "lm_routes") for r in getattr(self, attr, [])
                 if r not in unresolved]
+
+    def routes(self) -> list[str]:
+        """Routes this policy may use, resolved against the bound view (pre-initialises
+        metric labels)."""
+        return self.resolved_routes()
+
+    def resolved_routes(self, nodes: Mapping[str, NodeInfo] | None = None,
+                        access: str | None = None) -> list[str]:
+        """:meth:`selectors` resolved against ``nodes`` (default: the bound view); selectors
+        that name no node there are left out."""
+        out = []
+        view = nodes if nodes is not None else getattr(self, "nodes", default_nodes())
+        for r in self.selectors():
+            resolved, why = resolve_route(r, view, access)
+            if not why:
+                out.append(resolved)
+        return list(dict.fromkeys(out))
 
 
 POLICIES: dict[str, type[Policy]] = {}
@@ -388,8 +440,14 @@ class _ClassSpread(Policy):
     def score(self, route: str, request: Request, ctx: PolicyContext) -> float:
         raise NotImplementedError
 
-    async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
+    def candidates(self, request: Request, ctx: PolicyContext) -> list[str]:
+        """This policy's routes to the nodes the requesting device reaches."""
         routes = _pick(request, self.cv_routes, self.lm_routes)
+        mine = [r for r in routes if r.split("/", 1)[0] in ctx.nodes]
+        return mine or routes  # none reachable: try anyway, the attempt records why
+
+    async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
+        routes = self.candidates(request, ctx)
         best = min(routes, key=lambda r: (self.score(r, request, ctx), r))
         return await ctx.attempt(best)
 
@@ -416,13 +474,13 @@ class LeastLoaded(_ClassSpread):
 
     def score(self, route: str, request: Request, ctx: PolicyContext) -> float:
         node = route.split("/", 1)[0]
-        info = self.nodes.get(node, NodeInfo(node, self.node_class))
+        info = ctx.nodes.get(node) or self.nodes.get(node, NodeInfo(node, self.node_class))
         device_ms = max(0.0, ctx.predictor.prior_ms(route, request.length) - info.rtt_ms)
         waiting = max(self.reported.get(node, 0), self.in_flight[node])
         return info.rtt_ms + device_ms * (1.0 + waiting / max(1, info.concurrency))
 
     async def decide(self, request: Request, ctx: PolicyContext) -> Attempt:
-        routes = _pick(request, self.cv_routes, self.lm_routes)
+        routes = self.candidates(request, ctx)
         best = min(routes, key=lambda r: (self.score(r, request, ctx), r))
         node = best.split("/", 1)[0]
         self.in_flight[node] += 1

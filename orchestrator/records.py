@@ -24,6 +24,8 @@ from orchestrator.workload import Request
 RECORD_COLUMNS: tuple[str, ...] = (
     "id",
     "policy",
+    "device",
+    "group",
     "type",
     "difficulty",
     "length",
@@ -111,6 +113,8 @@ def make_record(
     return {
         "id": request.id,
         "policy": policy,
+        "device": request.device,
+        "group": request.group,
         "type": request.kind,
         "difficulty": request.difficulty,
         "length": request.length,
@@ -209,6 +213,8 @@ _INT_COLS = ("id", "n_attempts", "prediction", "label", "deadline_ms", "image_in
 _BOOL_COLS = ("correct", "deadline_met")
 _STR_COLS = (
     "policy",
+    "device",
+    "group",
     "type",
     "difficulty",
     "length",
@@ -227,7 +233,8 @@ _STR_COLS = (
 def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=df.index)
     for col in RECORD_COLUMNS:
-        s = df[col]
+        # a column an older records.csv lacks (device, group) reads as empty
+        s = df[col] if col in df.columns else pd.Series([""] * len(df), index=df.index)
         if col in _STR_COLS:
             out[col] = s.fillna("").astype(str)
         elif col in _BOOL_COLS:

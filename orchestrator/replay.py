@@ -1,9 +1,13 @@
-"""Replay a workload through one policy after another against tier URLs (asyncio + aiohttp).
+"""Replay every device's requests through one policy after another (asyncio).
 
-Open loop: each request has an intended send time from the arrival schedule and its latency is
-measured from that instant, so client-side lateness (a full concurrency window, a slow event
-loop) shows up as latency instead of hiding it. ``serial`` schedules run closed loop, like the
-simulator. Every request ends as exactly one record, whatever happened to it (refused,
+Each device (``orchestrator.devices``) has its own stream: its requests and, open loop, their
+intended send times. Open-loop streams of all devices are merged into one send loop; each
+request's latency is measured from its intended send, so client-side lateness (a full
+concurrency window, a slow event loop) shows up as latency instead of hiding it. A ``serial``
+stream runs closed loop, like the simulator: its device sends the next request when the
+previous one finished (devices run side by side). Attempts go through an executor and time
+comes from a clock (``orchestrator.executor``: HTTP and the wall clock today; a simulated
+executor on virtual time runs the same code). Every request ends as exactly one record, whatever happened to it (refused,
 abandoned, 503, dropped connection, a policy bug, Ctrl-C while in flight: outcome
 ``cancelled``). Records are handed to subscribers (CSV writer, metrics, progress bar) as they
 finish. A scenario timeline runs beside each pass (``orchestrator.scenario``).
@@ -13,21 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import numpy as np
 from tqdm import tqdm
 
-from orchestrator.client import Attempt, make_session, run_attempt
+from orchestrator.client import Attempt
+from orchestrator.devices import DeviceStream
 from orchestrator.energy import EnergyModel
+from orchestrator.executor import Clock, Executor, WallClock
 from orchestrator.experiment import ReplaySettings, ScenarioEvent
-from orchestrator.policies import LatencyPredictor, Policy, PolicyContext
+from orchestrator.policies import LatencyPredictor, NodeInfo, Policy, PolicyContext
 from orchestrator.records import make_record
 from orchestrator.scenario import (
     AppliedEvent,
@@ -74,11 +79,6 @@ class PassStats:
         }
 
 
-def make_client(concurrency: int, n_tiers: int = 3) -> aiohttp.ClientSession:
-    """One pooled aiohttp session for all tiers (see ``orchestrator.client``)."""
-    return make_session(concurrency * max(1, n_tiers) + 8)
-
-
 @contextlib.contextmanager
 def realtime_priority(enabled: bool, priority: int = 10) -> Iterator[str]:
     """SCHED_FIFO for the calling thread while inside (needs root); yields what happened."""
@@ -97,18 +97,24 @@ def realtime_priority(enabled: bool, priority: int = 10) -> Iterator[str]:
         os.sched_setscheduler(0, before[0], before[1])
 
 
-async def _sleep_until(t_target: float, spin_s: float) -> None:
-    """Sleep until ``t_target`` (perf_counter); the last ``spin_s`` yield-spins for precision."""
-    delay = t_target - time.perf_counter() - spin_s
-    if delay > 0:
-        await asyncio.sleep(delay)
-    while time.perf_counter() < t_target:
-        await asyncio.sleep(0)
+@dataclass
+class GroupView:
+    """What one device group sees in a pass: the nodes it reaches (round trips from it), its
+    access node, its own predictor (per-route EWMAs: latency differs per group), its energy
+    model (its radio) and the path label per node (``a>b``, or ``direct``)."""
+
+    nodes: dict[str, NodeInfo]
+    predictor: LatencyPredictor
+    energy_model: EnergyModel
+    paths: dict[str, str] = field(default_factory=dict)
+    access: str | None = None
 
 
 @dataclass
 class Pass:
-    """One policy pass: its label, the policy and the per-pass state it starts from."""
+    """One policy pass: its label, the policy and the per-pass state it starts from; ``views``
+    per device group (a group without a view uses ``energy_model``, ``predictor`` and
+    ``node_paths``)."""
 
     label: str
     policy: Policy
@@ -116,19 +122,34 @@ class Pass:
     predictor: LatencyPredictor
     node_classes: dict[str, str] = field(default_factory=dict)  # node name -> hardware class
     node_paths: dict[str, str] = field(default_factory=dict)  # node -> "link>link" | "direct"
+    views: dict[str, GroupView] = field(default_factory=dict)
+
+    def view(self, group: str) -> GroupView:
+        if group not in self.views:
+            self.views[group] = GroupView(dict(self.policy.nodes) if hasattr(self.policy, "nodes")
+                                          else {}, self.predictor, self.energy_model,
+                                          dict(self.node_paths))
+        return self.views[group]
 
 
 BeforePass = Callable[[str], Awaitable[dict[str, float]]]
 
 
+def _merged_sends(streams: Sequence[DeviceStream]) -> list[tuple[float, int, int]]:
+    """(offset_s, stream index, request index) of every open-loop request, in send order
+    (ties: the earlier device first)."""
+    per = [[(float(off), si, ri) for ri, off in enumerate(st.schedule)]
+           for si, st in enumerate(streams) if st.schedule is not None]
+    return list(heapq.merge(*per))
+
+
 async def replay_policy(
-    requests: Sequence[Request],
-    schedule: np.ndarray | None,
+    streams: Sequence[DeviceStream],
     run: Pass,
     *,
-    targets: dict[str, str],
-    client: aiohttp.ClientSession,
+    executor: Executor,
     settings: ReplaySettings,
+    clock: Clock | None = None,
     sinks: Sequence[RecordSink] = (),
     t_origin: float | None = None,
     host_leads: dict[str, float] | None = None,
@@ -138,13 +159,14 @@ async def replay_policy(
     on_event: Callable[[AppliedEvent], None] | None = None,
     stats: PassStats | None = None,
 ) -> PassStats:
-    """One pass of the workload through ``run.policy``; returns send-time statistics."""
-    targets = normalise_targets(targets)
+    """One pass of every device's stream through ``run.policy``; returns send statistics."""
+    clock = clock or WallClock(settings.spin_s)
     leads = {k.lower(): v for k, v in (host_leads or {}).items()}
     label = run.label
-    stats = stats or PassStats(policy=label, n_planned=len(requests))
+    n_requests = sum(len(st.requests) for st in streams)
+    stats = stats or PassStats(policy=label, n_planned=n_requests)
     sem = asyncio.Semaphore(settings.concurrency)
-    origin = time.perf_counter() if t_origin is None else t_origin
+    origin = clock.now() if t_origin is None else t_origin
     events = event_log if event_log is not None else []
 
     def emit(row: dict[str, Any], attempts: Sequence[Attempt]) -> None:
@@ -154,34 +176,33 @@ async def replay_policy(
         for sink in sinks:
             sink(row, attempts)
 
-    async def one(req: Request, t_intended: float, schedule_s: float, t_pass: float) -> None:
+    async def one(stream: DeviceStream, req: Request, t_intended: float, schedule_s: float,
+                  t_pass: float) -> None:
         budget_end = t_intended + settings.request_budget(req.deadline_ms)
+        view = run.view(stream.group)
 
         async def attempt_fn(route: str) -> Attempt:
-            tier = route.split("/", 1)[0]
-            if tier not in targets:
-                return Attempt(route=route, outcome="error", error=f"no target URL for tier {tier}",
-                               node_class=run.node_classes.get(tier, ""))
-            attempt = await run_attempt(
-                client,
-                targets[tier],
-                route,
-                req,
-                timeout_s=budget_end - time.perf_counter(),
-                t_intended=t_intended,
-                host_lead_ms=leads.get(tier, 0.0),
-            )
-            attempt.node_class = run.node_classes.get(tier, "")
+            node = route.split("/", 1)[0]
+            node_class = run.node_classes.get(node, "")
+            if not executor.knows(stream.group, node):
+                return Attempt(route=route, outcome="error", node_class=node_class,
+                               error=f"no target for node {node} from device group "
+                                     f"{stream.group}")
+            attempt = await executor.attempt(
+                route, req, group=stream.group, timeout_s=budget_end - clock.now(),
+                t_intended=t_intended, host_lead_ms=leads.get(node, 0.0))
+            attempt.node_class = node_class
             return attempt
 
-        ctx = PolicyContext(req, attempt_fn, run.predictor, t_intended)
+        ctx = PolicyContext(req, attempt_fn, view.predictor, t_intended, nodes=view.nodes,
+                            access=view.access, clock=clock.now)
         accepted: Attempt | None = None
         outcome: str | None = None
         error = ""
         t_send = t_intended
         try:
             async with sem:
-                t_send = time.perf_counter()
+                t_send = clock.now()
                 accepted = await run.policy.decide(req, ctx)
         except asyncio.CancelledError:
             outcome, error = "cancelled", "the run was stopped while this request was in flight"
@@ -189,8 +210,8 @@ async def replay_policy(
         except Exception as exc:  # a policy bug must not lose the record
             outcome, error = "error", f"policy {label}: {type(exc).__name__}: {exc}"
         finally:
-            elapsed_ms = (time.perf_counter() - t_intended) * 1e3
-            energy = run.energy_model.account(ctx.attempts, accepted)
+            elapsed_ms = (clock.now() - t_intended) * 1e3
+            energy = view.energy_model.account(ctx.attempts, accepted)
             row = make_record(
                 request=req,
                 policy=label,
@@ -204,34 +225,44 @@ async def replay_policy(
                 actual_send_s=t_send - origin,
                 outcome=outcome,
                 phase=phase_at(t_pass, scenario),
-                paths=run.node_paths,
+                paths=view.paths,
             )
             if error:
                 row["error"] = error
             emit(row, ctx.attempts)
 
+    async def closed_loop(stream: DeviceStream, t0: float) -> None:
+        for req in stream.requests:  # the simulator's "one after another"
+            now = clock.now()
+            await one(stream, req, now, now - t0, now - t0)
+
+    async def open_loop(t0: float) -> None:
+        for offset_s, si, ri in _merged_sends(streams):
+            t_intended = t0 + offset_s
+            await clock.sleep_until(t_intended)
+            task = asyncio.create_task(one(streams[si], streams[si].requests[ri], t_intended,
+                                           offset_s, offset_s))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
     tasks: set[asyncio.Task[None]] = set()
-    t0 = time.perf_counter() + settings.start_lead_s
+    t0 = clock.now() + settings.start_lead_s
     stats.started_s = t0 - origin
     timeline = None
     if scenario:
         timeline = asyncio.create_task(run_timeline(
-            scenario, controller, policy=label, t0=t0, log=events, on_event=on_event))
+            scenario, controller, policy=label, t0=t0, log=events, on_event=on_event,
+            now=clock.now))
     try:
-        await _sleep_until(t0, settings.spin_s)
-        if schedule is None:  # closed loop: the simulator's "one after another"
-            for req in requests:
-                now = time.perf_counter()
-                await one(req, now, now - t0, now - t0)
-        else:
-            for req, offset_s in zip(requests, schedule, strict=True):
-                t_intended = t0 + float(offset_s)
-                await _sleep_until(t_intended, settings.spin_s)
-                task = asyncio.create_task(one(req, t_intended, float(offset_s), float(offset_s)))
+        await clock.sleep_until(t0)
+        for st in streams:
+            if st.schedule is None:
+                task = asyncio.create_task(closed_loop(st, t0))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks)
+        await open_loop(t0)
+        while tasks:
+            await asyncio.gather(*list(tasks))
     except asyncio.CancelledError:
         stats.interrupted = True
         for task in list(tasks):
@@ -240,7 +271,7 @@ async def replay_policy(
             await asyncio.gather(*tasks, return_exceptions=True)
         raise
     finally:
-        stats.duration_s = time.perf_counter() - t0
+        stats.duration_s = clock.now() - t0
         if timeline is not None:
             timeline.cancel()
             await asyncio.gather(timeline, return_exceptions=True)
@@ -249,11 +280,11 @@ async def replay_policy(
 
 
 async def replay(
-    requests: Sequence[Request],
-    schedule: np.ndarray | None,
+    streams: Sequence[DeviceStream],
     passes: Sequence[Pass],
     *,
-    targets: dict[str, str],
+    executor: Executor,
+    clock: Clock | None = None,
     settings: ReplaySettings | None = None,
     sinks: Sequence[RecordSink] = (),
     results: list[PassStats] | None = None,
@@ -263,28 +294,30 @@ async def replay(
     event_log: list[AppliedEvent] | None = None,
     on_event: Callable[[AppliedEvent], None] | None = None,
 ) -> list[PassStats]:
-    """Replay ``requests`` through each pass in turn.
+    """Replay every device's stream through each pass in turn.
 
     ``results`` (when given) receives each pass's statistics as the pass starts, so a caller
     interrupted half-way still holds what was done. ``before_pass(label)`` runs before each pass
     (the stack resets scenario changes and measures the host overhead there) and returns the
-    host lead per tier (ms). A progress bar per pass when ``settings.progress``. On cancellation
+    host lead per node (ms). A progress bar per pass when ``settings.progress``. On cancellation
     (Ctrl-C) the passes done so far and the in-flight requests (as ``cancelled``) are already
     recorded.
     """
     settings = settings or ReplaySettings()
+    clock = clock or WallClock(settings.spin_s)
     results = results if results is not None else []
-    origin = time.perf_counter()
+    n_requests = sum(len(st.requests) for st in streams)
+    origin = clock.now()
     with realtime_priority(settings.realtime) as sched:
         if settings.realtime and not sched.startswith("SCHED_FIFO"):
             print(f"replay: realtime scheduling {sched}", file=sys.stderr)
-        async with make_client(settings.concurrency, len(targets)) as client:
+        async with executor:
             for run in passes:
                 leads = await before_pass(run.label) if before_pass is not None else {}
-                stats = PassStats(policy=run.label, n_planned=len(requests),
+                stats = PassStats(policy=run.label, n_planned=n_requests,
                                   host_leads_ms=dict(leads))
                 results.append(stats)
-                bar = tqdm(total=len(requests), desc=run.label, unit="req",
+                bar = tqdm(total=n_requests, desc=run.label, unit="req",
                            disable=not settings.progress, leave=True, dynamic_ncols=True)
 
                 def tick(row: dict[str, Any], attempts: Sequence[Attempt],
@@ -293,11 +326,12 @@ async def replay(
 
                 try:
                     await replay_policy(
-                        requests, schedule, run, targets=targets, client=client,
-                        settings=settings, sinks=[*sinks, tick], t_origin=origin,
-                        host_leads=leads, scenario=scenario, controller=controller,
-                        event_log=event_log, on_event=on_event, stats=stats,
+                        streams, run, executor=executor, clock=clock, settings=settings,
+                        sinks=[*sinks, tick], t_origin=origin, host_leads=leads,
+                        scenario=scenario, controller=controller, event_log=event_log,
+                        on_event=on_event, stats=stats,
                     )
                 finally:
                     bar.close()
     return results
+

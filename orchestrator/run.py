@@ -32,28 +32,60 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from orchestrator.arrivals import make_schedule
 from orchestrator.calibrate import host_leads_ms
 from orchestrator.client import Attempt
+from orchestrator.devices import all_requests, build_streams
 from orchestrator.energy import EnergyBreakdown, make_energy_model
+from orchestrator.executor import Clock, Executor, HttpExecutor, WallClock
 from orchestrator.experiment import Experiment, as_experiment
 from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.policies import LatencyPredictor, make_policy
 from orchestrator.records import RecordWriter, make_record, records_frame
-from orchestrator.replay import Pass, PassStats, normalise_targets, replay
-from orchestrator.scenario import AppliedEvent, StackController, apply_rate_steps
-from orchestrator.summary import summarize, write_summary
-from orchestrator.workload import EvalSet, generate_workload
+from orchestrator.replay import GroupView, Pass, PassStats, normalise_targets, replay
+from orchestrator.scenario import AppliedEvent, StackController
+from orchestrator.summary import summarize, summarize_groups, write_summary
+from orchestrator.workload import EvalSet
 from services.tier.classes import DEFAULT_NODES
 
 
+def node_path_labels(exp: Experiment, group: str | None = None) -> dict[str, str]:
+    """Per node ``group`` reaches, the links a request crosses to reach it (``a>b``), or
+    ``direct``."""
+    paths = exp.group_paths(group)
+    return {n: ">".join(paths[n].hops) if n in paths else "direct"
+            for n in exp.reachable(group)}
+
+
+def make_passes(exp: Experiment) -> list[Pass]:
+    """One pass per policy, each with fresh state: the policy (bound to every node any group
+    reaches), and per device group its view, predictor and energy model (its radio)."""
+    labels = exp.policy_labels()
+    all_nodes: dict[str, Any] = {}
+    for g in reversed(exp.group_names()):  # the first group's round trips win
+        all_nodes.update(exp.node_infos(g))
+    all_nodes = {n: all_nodes[n] for n in exp.tiers if n in all_nodes}
+    classes = {name: str(t.node_class) for name, t in exp.tiers.items()}
+    device_ms = exp.device_latency_ms()
+    passes = []
+    for label, p in zip(labels, exp.policies, strict=True):
+        views = {
+            g.name: GroupView(
+                exp.node_infos(g.name),
+                LatencyPredictor(device_ms=device_ms, rtt_ms=exp.rtt_mean_ms(g.name),
+                                 ewma_alpha=exp.predictor.ewma_alpha),
+                make_energy_model(exp.energy.model, g.energy_params),
+                node_path_labels(exp, g.name),
+                g.attach,
+            )
+            for g in exp.groups()
+        }
+        first = views[exp.default_group()]
+        passes.append(Pass(label, make_policy(p.name, p.params, all_nodes), first.energy_model,
+                           first.predictor, classes, first.paths, views))
+    return passes
+
+
 # the default nodes on the compose stack's published ports (8101, 8102, 8103)
-def node_path_labels(exp: Experiment) -> dict[str, str]:
-    """Per node, the links a request crosses to reach it (``a>b``), or ``direct``."""
-    paths = exp.node_paths()
-    return {n: ">".join(paths[n].hops) if n in paths else "direct" for n in exp.tiers}
-
-
 DEFAULT_TARGETS: dict[str, str] = {
     name: f"http://127.0.0.1:{8101 + i}" for i, name in enumerate(DEFAULT_NODES)
 }
@@ -194,6 +226,9 @@ async def arun_experiment(
     probe: bool = True,
     log: Callable[[str], None] | None = None,
     observe: Callable[[], dict[str, Any]] | None = None,
+    group_targets: Mapping[str, Mapping[str, str]] | None = None,
+    executor: Executor | None = None,
+    clock: Clock | None = None,
 ) -> RunResult:
     """Replay the experiment's workload through each policy; write and return the results.
 
@@ -206,6 +241,10 @@ async def arun_experiment(
     ``observe()`` (blocking) is called at the start of every pass and at the end of the run; its
     answers go to run.json (``observed``): the stack records its links' counters there, so each
     pass's link draws can be told apart (``bench/bench_seed_agreement.py`` uses them).
+    ``group_targets``: per device group, node name → URL (the listeners of that group's
+    links), over ``targets``. ``executor`` and ``clock`` replace the HTTP executor and the wall
+    clock (``orchestrator.executor``): a simulated executor on virtual time runs the same
+    workload, policies, records and summary.
     """
     exp = as_experiment(experiment)
     urls = normalise_targets({k.lower(): v for k, v in (targets or DEFAULT_TARGETS).items()})
@@ -214,26 +253,21 @@ async def arun_experiment(
     if node_actions and controller is None:
         raise ValueError("scenario: node and link actions need a stack this run controls "
                          "(edgebed demo, or edgebed run against a stack from edgebed up)")
+    groups_urls = {g: normalise_targets(dict(t)) for g, t in (group_targets or {}).items()}
     run_dir = prepare_run_dir(out_dir, exp.name)
     labels = exp.policy_labels()
-    requests = generate_workload(exp.workload, exp.seeds, eval_set)
-    schedule = apply_rate_steps(
-        make_schedule(exp.arrival.process, len(requests), exp.seeds.arrivals, exp.arrival.params),
-        exp.scenario)
-    passes = [
-        Pass(label, make_policy(p.name, p.params, exp.node_infos()),
-             make_energy_model(exp.energy.model, exp.energy.params),  # fresh state per pass
-             LatencyPredictor(device_ms=exp.device_latency_ms(), rtt_ms=exp.rtt_mean_ms(),
-                              ewma_alpha=exp.predictor.ewma_alpha),
-             {name: str(t.node_class) for name, t in exp.tiers.items()},
-             node_path_labels(exp))
-        for label, p in zip(labels, exp.policies, strict=True)
-    ]
+    streams = build_streams(exp, eval_set)
+    requests = all_requests(streams)
+    passes = make_passes(exp)
+    clock = clock or WallClock(exp.replay.spin_s)
+    if executor is None:
+        executor = HttpExecutor(urls, groups_urls, exp.replay.concurrency)
 
     own_metrics = metrics is None
     m = metrics if metrics is not None else OrchestratorMetrics()
     for run in passes:
-        m.init_labels(run.label, run.policy.routes())
+        m.init_labels(run.label, list(dict.fromkeys(
+            r for v in run.views.values() for r in run.policy.resolved_routes(v.nodes, v.access))))
     port = m.serve(metrics_port) if own_metrics and metrics_port is not None else None
 
     loop = asyncio.get_running_loop()
@@ -248,6 +282,10 @@ async def arun_experiment(
         "n_requests": len(requests),
         "policies": labels,
         "targets": urls,
+        "group_targets": groups_urls,
+        "devices": {g.name: {"count": g.count, "class": g.device_class, "attach": g.attach,
+                             "n_per_device": g.workload.n, "arrival": g.arrival.process}
+                    for g in exp.groups()},
         "versions": _versions(),
         "tiers": (await loop.run_in_executor(None, probe_tiers, urls)) if probe
         else "not probed",
@@ -308,7 +346,7 @@ async def arun_experiment(
     t0 = time.perf_counter()
     try:
         await replay(
-            requests, schedule, passes, targets=urls, settings=exp.replay, sinks=[sink],
+            streams, passes, executor=executor, clock=clock, settings=exp.replay, sinks=[sink],
             results=passes_done, before_pass=before_pass, scenario=exp.scenario,
             controller=controller, event_log=events, on_event=on_event,
         )
@@ -325,6 +363,8 @@ async def arun_experiment(
             m.stop()
     records = records_frame(writer.rows)
     summary = summarize(records)
+    if len(exp.groups()) > 1 or any(g.count > 1 for g in exp.groups()):
+        write_summary(summarize_groups(records), run_dir / "summary_groups.csv")
     info.update(
         {
             "state": "interrupted" if interrupted else "finished",

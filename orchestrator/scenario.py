@@ -93,17 +93,18 @@ async def run_timeline(
     t0: float,
     log: list[AppliedEvent],
     on_event: Callable[[AppliedEvent], None] | None = None,
+    now: Callable[[], float] = time.perf_counter,
 ) -> None:
-    """Apply ``events`` at ``t0 + at_s`` (``time.perf_counter`` clock), appending to ``log``.
+    """Apply ``events`` at ``t0 + at_s`` (on the ``now`` clock), appending to ``log``.
 
     Cancel it at the end of the pass: events not reached are logged as such by the caller
     (:func:`log_unreached`)."""
     loop = asyncio.get_running_loop()
     for ev in sorted(events, key=lambda e: e.at_s):
-        delay = t0 + ev.at_s - time.perf_counter()
+        delay = t0 + ev.at_s - now()
         if delay > 0:
             await asyncio.sleep(delay)
-        applied = time.perf_counter() - t0
+        applied = now() - t0
         if ev.action == "arrival_rate":
             ok, note = True, "folded into the arrival schedule"
         elif controller is None:

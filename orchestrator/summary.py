@@ -74,44 +74,59 @@ def outcome_mix(df: pd.DataFrame) -> str:
     return ";".join(f"{o}={int(c)}" for o, c in sorted(counts.items()))
 
 
+def _row(df: pd.DataFrame) -> dict[str, object]:
+    cv = df[df["type"] == "cv"]
+    lm = df[df["type"] == "lm"]
+    ok = df["outcome"] == "ok"
+    return {
+        "n": len(df),
+        "n_cv": len(cv),
+        "n_lm": len(lm),
+        "n_ok": int(ok.sum()),
+        "error_pct": _pct(~ok),
+        "accuracy_pct": _pct(df["correct"]),
+        "cv_accuracy_pct": _pct(cv["correct"]),
+        "lm_quality_pct": _mean(lm["quality"]) * 100.0,
+        "lm_correct_pct": _pct(lm["correct"]),
+        "deadline_met_pct": _pct(df["deadline_met"]),
+        "cv_deadline_met_pct": _pct(cv["deadline_met"]),
+        "latency_mean_ms": _mean(df["latency_ms"]),
+        "latency_p50_ms": _q(df["latency_ms"], 50),
+        "latency_p95_ms": _q(df["latency_ms"], 95),
+        "latency_p99_ms": _q(df["latency_ms"], 99),
+        "cv_latency_mean_ms": _mean(cv["latency_ms"]),
+        "accepted_latency_mean_ms": _mean(df["accepted_latency_ms"]),
+        "device_energy_mean_mj": _mean(df["device_energy_mj"]),
+        "system_energy_mean_mj": _mean(df["system_energy_mj"]),
+        "sim_energy_mean_mj": _mean(df["sim_energy_mj"]),
+        "attempts_mean": _mean(df["n_attempts"].astype(float)),
+        "escalated_pct": _pct(df["n_attempts"] > 1),
+        "route_mix": route_mix(df),
+        "outcomes": outcome_mix(df),
+    }
+
+
 def summarize(records: pd.DataFrame) -> pd.DataFrame:
     """One row per policy (in first-seen order) with the columns of ``SUMMARY_COLUMNS``."""
+    rows = [{"policy": policy, **_row(records[records["policy"] == policy])}
+            for policy in dict.fromkeys(records["policy"])]
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+GROUP_SUMMARY_COLUMNS: tuple[str, ...] = ("policy", "group", "n_devices", *SUMMARY_COLUMNS[1:])
+
+
+def summarize_groups(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per policy and device group (``summary_groups.csv``), the same columns as
+    :func:`summarize` plus ``group`` and ``n_devices``."""
     rows = []
     for policy in dict.fromkeys(records["policy"]):
-        df = records[records["policy"] == policy]
-        cv = df[df["type"] == "cv"]
-        lm = df[df["type"] == "lm"]
-        ok = df["outcome"] == "ok"
-        rows.append(
-            {
-                "policy": policy,
-                "n": len(df),
-                "n_cv": len(cv),
-                "n_lm": len(lm),
-                "n_ok": int(ok.sum()),
-                "error_pct": _pct(~ok),
-                "accuracy_pct": _pct(df["correct"]),
-                "cv_accuracy_pct": _pct(cv["correct"]),
-                "lm_quality_pct": _mean(lm["quality"]) * 100.0,
-                "lm_correct_pct": _pct(lm["correct"]),
-                "deadline_met_pct": _pct(df["deadline_met"]),
-                "cv_deadline_met_pct": _pct(cv["deadline_met"]),
-                "latency_mean_ms": _mean(df["latency_ms"]),
-                "latency_p50_ms": _q(df["latency_ms"], 50),
-                "latency_p95_ms": _q(df["latency_ms"], 95),
-                "latency_p99_ms": _q(df["latency_ms"], 99),
-                "cv_latency_mean_ms": _mean(cv["latency_ms"]),
-                "accepted_latency_mean_ms": _mean(df["accepted_latency_ms"]),
-                "device_energy_mean_mj": _mean(df["device_energy_mj"]),
-                "system_energy_mean_mj": _mean(df["system_energy_mj"]),
-                "sim_energy_mean_mj": _mean(df["sim_energy_mj"]),
-                "attempts_mean": _mean(df["n_attempts"].astype(float)),
-                "escalated_pct": _pct(df["n_attempts"] > 1),
-                "route_mix": route_mix(df),
-                "outcomes": outcome_mix(df),
-            }
-        )
-    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+        mine = records[records["policy"] == policy]
+        for group in dict.fromkeys(mine.sort_values("id", kind="stable")["group"]):
+            df = mine[mine["group"] == group]
+            rows.append({"policy": policy, "group": group,
+                         "n_devices": int(df["device"].nunique()), **_row(df)})
+    return pd.DataFrame(rows, columns=list(GROUP_SUMMARY_COLUMNS))
 
 
 def summarize_csv(path: str | Path) -> pd.DataFrame:

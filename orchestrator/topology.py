@@ -1,10 +1,13 @@
-"""Paths through the experiment's topology: how a request from the device reaches each node.
+"""Paths through the experiment's topology: how a request from a device group reaches each node.
 
-Links are directed (``src`` → ``dst``; ``up`` is the request direction, ``down`` the reply).
-A node's path from the device is the one the experiment declares under ``paths.<node>`` (a
-list of link names), else the shortest by configured mean round trip (Dijkstra; ties by fewer
-hops, then by link names, so the choice is deterministic). A node no link path reaches is
-reached directly: no emulated network, as before links existed (run.json says so).
+Links are directed (``src`` → ``dst``; ``up`` is the request direction, ``down`` the reply);
+a link starts at a device group (the request sources; ``device`` when the experiment declares
+no groups) or at a node, and ends at a node. A node's path from a group is the one the
+experiment declares under ``paths.<node>`` when that path starts at the group (a list of link
+names; its first link's ``src`` is the group), else the shortest by configured mean round trip
+(Dijkstra; ties by fewer hops, then by link names, so the choice is deterministic). A node no
+link path from any group reaches is reached directly: no emulated network, as before links
+existed (run.json says so).
 
 Pure functions of the experiment's links: the local stack, the compose entrypoint and the
 predictor all use the same paths.
@@ -29,11 +32,15 @@ class Path:
     hops: tuple[str, ...]
     rtt_mean_ms: float
     declared: bool = False
+    source: str = DEVICE  # the device group the path starts at
 
     @property
     def name(self) -> str:
-        """The single link's name for one hop, else ``path-<dst>`` (a proxy listener name)."""
-        return self.hops[0] if len(self.hops) == 1 else f"path-{self.dst}"
+        """The single link's name for one hop, else ``path-<dst>`` from the default group and
+        ``path-<group>-<dst>`` from any other (a proxy listener name)."""
+        if len(self.hops) == 1:
+            return self.hops[0]
+        return f"path-{self.dst}" if self.source == DEVICE else f"path-{self.source}-{self.dst}"
 
     def describe(self) -> str:
         return " → ".join(self.hops) + f" (mean RTT {self.rtt_mean_ms:g} ms)"
@@ -53,7 +60,7 @@ def shortest_paths(links: Mapping[str, LinkSpec], source: str = DEVICE) -> dict[
             continue
         done.add(node)
         if hops:
-            out[node] = Path(node, hops, cost)
+            out[node] = Path(node, hops, cost, source=source)
         for name, spec in by_src.get(node, []):
             if spec.dst not in done and spec.dst != source:
                 heapq.heappush(heap, (cost + float(spec.rtt_mean_ms()), n_hops + 1,
@@ -90,14 +97,22 @@ def check_declared_path(dst: str, hops: Sequence[str], links: Mapping[str, LinkS
     return problems
 
 
+def declared_source(hops: Sequence[str], links: Mapping[str, LinkSpec]) -> str | None:
+    """The group a declared path starts at: its first link's ``src`` (None: unknown link)."""
+    first = links.get(hops[0]) if hops else None
+    return first.src if first is not None else None
+
+
 def node_paths(links: Mapping[str, LinkSpec], declared: Mapping[str, Sequence[str]],
                source: str = DEVICE) -> dict[str, Path]:
-    """Declared paths over the shortest ones, per destination node (a declared path that does
-    not check out is left to :func:`check_declared_path` to report)."""
+    """Declared paths (those starting at ``source``) over the shortest ones, per destination
+    node (a declared path that does not check out is left to :func:`check_declared_path`)."""
     out = shortest_paths(links, source)
     for dst, hops in declared.items():
+        if declared_source(hops, links) != source:
+            continue
         if check_declared_path(dst, hops, links, source):
             continue
-        out[dst] = Path(dst, tuple(hops),
-                        sum(float(links[h].rtt_mean_ms()) for h in hops), declared=True)
+        out[dst] = Path(dst, tuple(hops), sum(float(links[h].rtt_mean_ms()) for h in hops),
+                        declared=True, source=source)
     return out

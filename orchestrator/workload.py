@@ -117,6 +117,8 @@ class Request:
     max_tokens: int = 0
     lm_draw: float = float("nan")  # uniform [0,1) draw deciding LM correctness (quality > draw)
     lm_seed: int = 0  # seed of the emulated LM's confidence draws (``client.lm_seed_for``)
+    device: str = ""  # the device that sends it (``orchestrator.devices``)
+    group: str = ""  # that device's group
 
 
 @dataclass(frozen=True)

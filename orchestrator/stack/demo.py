@@ -81,6 +81,7 @@ def stack_run_info(exp: Experiment, state: StackState, kind: str) -> dict[str, A
             "experiment_file": state.experiment_path,
             "tier_urls": state.tier_urls,
             "target_urls": state.target_urls,
+            "group_target_urls": state.group_target_urls,
             "link_control_urls": state.link_control_urls,
             "prometheus_url": state.prometheus_url,
         },
@@ -91,13 +92,22 @@ def stack_run_info(exp: Experiment, state: StackState, kind: str) -> dict[str, A
 
 
 def topology_info(exp: Experiment) -> dict[str, Any]:
-    """The topology a run used: each node's class and its path from the device."""
-    paths = exp.node_paths()
-    return {"nodes": {n: {"class": t.node_class,
-                          "path": list(paths[n].hops) if n in paths else "direct",
-                          "rtt_mean_ms": paths[n].rtt_mean_ms if n in paths else 0.0,
-                          "path_declared": bool(paths[n].declared) if n in paths else False}
-                      for n, t in exp.tiers.items()}}
+    """The topology a run used: each node's class and its path from the first device group
+    (``nodes``, as before groups existed), every group's paths (``groups``) and devices."""
+    def paths_of(group: str) -> dict[str, Any]:
+        paths = exp.group_paths(group)
+        return {n: {"path": list(paths[n].hops) if n in paths else "direct",
+                    "rtt_mean_ms": paths[n].rtt_mean_ms if n in paths else 0.0,
+                    "path_declared": bool(paths[n].declared) if n in paths else False}
+                for n in exp.reachable(group)}
+
+    first = paths_of(exp.default_group())
+    return {
+        "nodes": {n: {"class": t.node_class, **first.get(n, {"path": "unreachable"})}
+                  for n, t in exp.tiers.items()},
+        "groups": {g.name: {"count": g.count, "class": g.device_class, "attach": g.attach,
+                            "paths": paths_of(g.name)} for g in exp.groups()},
+    }
 
 
 def run_on_stack(
@@ -155,7 +165,7 @@ def run_on_stack(
     try:
         result = run_experiment(
             exp, out_dir, targets=state.target_urls, direct_targets=state.tier_urls,
-            controller=LocalStackController(exp, state), run_info=run_info, plots=plots,
+            group_targets=state.group_target_urls, controller=LocalStackController(exp, state), run_info=run_info, plots=plots,
             metrics=metrics, log=log, observe=lambda: link_counters(state),
         )
         _record_links_at_end(result.run_dir, state)

@@ -26,22 +26,28 @@ def _hostport(url: str) -> str:
 
 
 def probe_stack_links(
-    exp: Experiment, state: StackState, n: int = 60, concurrency: int = 1, timeout_s: float = 45.0
+    exp: Experiment, state: StackState, n: int = 60, concurrency: int = 1,
+    timeout_s: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Fidelity report per node the device reaches through the link proxy: its link, or its
-    multi-hop path (the hops' laws convolved; ``kind: path`` in the report).
+    """Fidelity report per (device group, node) pair the link proxy serves: the group's link
+    to the node, or its multi-hop path (the hops' laws convolved; ``kind: path``).
 
-    Raises ``TimeoutError`` when all probes together take longer than ``timeout_s``.
+    Raises ``TimeoutError`` when all probes together take longer than ``timeout_s`` (default:
+    45 s for up to three, 15 s more per further link or path).
     """
     from netem.probe import probe_link, probe_path
 
     jobs: list[tuple[str, Any, str, str]] = []
-    for node, route in exp.node_paths().items():
-        if node not in state.tier_urls:
+    seen: set[str] = set()
+    for (group, node), route in exp.all_paths().items():
+        if node not in state.tier_urls or route.name in seen:
             continue
-        via, direct = state.target_urls.get(node), state.tier_urls[node]
+        via = (state.group_target_urls.get(group, {}).get(node)
+               or (state.target_urls.get(node) if group == exp.default_group() else None))
+        direct = state.tier_urls[node]
         if not via or via == direct:
             continue
+        seen.add(route.name)
         law: Any = (exp.links[route.hops[0]] if len(route.hops) == 1
                     else {h: exp.links[h] for h in route.hops})
         jobs.append((route.name, law, _hostport(via), _hostport(direct)))
@@ -65,6 +71,8 @@ def probe_stack_links(
             out.append(report)
         return out
 
+    if timeout_s is None:
+        timeout_s = 45.0 + 15.0 * max(0, len(jobs) - 3)
     reports = asyncio.run(asyncio.wait_for(run(), timeout_s))
     if control:
         headers = auth_headers(read_token_file(state.link_token_file)

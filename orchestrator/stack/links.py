@@ -1,9 +1,11 @@
 """How the local stack applies the experiment's links: a plan (pure) and the proxy's command line.
 
-With the ``proxy`` backend each node the device reaches through links gets one listener on a
-free loopback port: the link itself when the node's path is one hop, else a netem path
-(``paths.path-<node>``) whose chained listeners cross every hop for real, each hop sharing its
-link's law, draws and counters. All links run in one proxy process whose control API
+With the ``proxy`` backend each (device group, node) pair the group reaches through links gets
+one listener on a free loopback port: the link itself when the path is one hop (a link from a
+group is the group's shared access medium: all its devices cross the same listener, rate
+limit and draws), else a netem path (``paths.path-<node>``, ``path-<group>-<node>`` from a
+group other than the default one) whose chained listeners cross every hop for real, each hop
+sharing its link's law, draws and counters with every other path through it. All links run in one proxy process whose control API
 (``/healthz``, ``/metrics``, runtime changes) is on its own port. The orchestrator then talks
 to each node through its path (``orchestrator.topology``).
 """
@@ -27,7 +29,7 @@ class PlannedLink:
     name: str
     spec: LinkSpec  # with listen/target filled in
     tier: str  # the tier it leads to
-    from_device: bool
+    from_device: bool  # its src is a device group
 
     @property
     def listen_url(self) -> str:
@@ -47,13 +49,15 @@ class PlannedPath:
     listen: str
     target: str
     rtt_mean_ms: float
+    source: str = "device"  # the device group it starts at
 
     @property
     def listen_url(self) -> str:
         return f"http://{self.listen}"
 
     def describe(self) -> str:
-        return f"device→{self.tier} via {' → '.join(self.hops)} (mean RTT {self.rtt_mean_ms:g} ms)"
+        return (f"{self.source}→{self.tier} via {' → '.join(self.hops)} "
+                f"(mean RTT {self.rtt_mean_ms:g} ms)")
 
 
 @dataclass
@@ -64,20 +68,30 @@ class LinkPlan:
     control: str | None = None  # host:port of the proxy's control API
     paths: list[PlannedPath] = field(default_factory=list)
     hop_links: dict[str, LinkSpec] = field(default_factory=dict)  # crossed only inside paths
+    groups: list[str] = field(default_factory=list)  # the device groups, in the file's order
 
     @property
     def control_url(self) -> str | None:
         return f"http://{self.control}" if self.control else None
 
-    def targets(self, tier_urls: dict[str, str]) -> dict[str, str]:
-        """URL the orchestrator (the device) uses for each tier: through its link, else direct."""
-        out = dict(tier_urls)
+    def group_targets(self, tier_urls: dict[str, str]) -> dict[str, dict[str, str]]:
+        """Per device group, the URL its devices use for each node they reach through links
+        (the link's or the path's listener)."""
+        out: dict[str, dict[str, str]] = {}
         for link in self.links:
             if link.from_device:
-                out[link.tier] = link.listen_url
+                out.setdefault(link.spec.src, {})[link.tier] = link.listen_url
         for path in self.paths:
-            out[path.tier] = path.listen_url
+            out.setdefault(path.source, {})[path.tier] = path.listen_url
         return out
+
+    def targets(self, tier_urls: dict[str, str], group: str | None = None) -> dict[str, str]:
+        """URL a device of ``group`` (default: the first group planned) uses for each tier:
+        through its link or path, else direct."""
+        by_group = self.group_targets(tier_urls)
+        if group is None:
+            group = self.groups[0] if self.groups else "device"
+        return {**tier_urls, **by_group.get(group, {})}
 
     def topology_document(self, seed: int) -> dict:
         """The ``netem.proxy --config`` file: links (with listen/target when the device uses
@@ -120,23 +134,30 @@ def plan_links(
         )
     planned: list[PlannedLink] = []
     paths: list[PlannedPath] = []
-    node_paths = exp.node_paths()
-    for node in exp.tiers:  # the experiment's order: ports follow it
-        path = node_paths.get(node)
-        if path is None or node not in tier_urls:
-            continue
-        if len(path.hops) == 1:
-            name = path.hops[0]
-            filled = exp.links[name].model_copy(update={
-                "listen": f"{LOOPBACK}:{next(free)}", "target": _hostport(tier_urls[node])})
-            planned.append(PlannedLink(name, filled, node, True))
-        else:
-            paths.append(PlannedPath(path.name, node, path.hops, f"{LOOPBACK}:{next(free)}",
-                                     _hostport(tier_urls[node]), path.rtt_mean_ms))
+    groups = exp.group_names()
+    for group in groups:  # the experiment's order of groups and nodes: ports follow it
+        group_paths = exp.group_paths(group)
+        for node in exp.tiers:
+            path = group_paths.get(node)
+            if path is None or node not in tier_urls:
+                continue
+            if len(path.hops) == 1:
+                name = path.hops[0]
+                filled = exp.links[name].model_copy(update={
+                    "listen": f"{LOOPBACK}:{next(free)}", "target": _hostport(tier_urls[node])})
+                planned.append(PlannedLink(name, filled, node, True))
+            else:
+                paths.append(PlannedPath(path.name, node, path.hops, f"{LOOPBACK}:{next(free)}",
+                                         _hostport(tier_urls[node]), path.rtt_mean_ms, group))
     direct = {pl.name for pl in planned}
     hop_links = {h: exp.links[h] for p in paths for h in p.hops if h not in direct}
     control = f"{LOOPBACK}:{next(free)}"
-    return LinkPlan("proxy", reason, planned, control, paths, hop_links)
+    return LinkPlan("proxy", reason, planned, control, paths, hop_links, groups)
+
+
+def ports_needed(exp: Experiment) -> int:
+    """Free ports :func:`plan_links` may take: one per (group, node) path, plus control."""
+    return len(exp.all_paths()) + 1
 
 
 def write_topology(plan: LinkPlan, seed: int, path: Path) -> Path:

@@ -164,11 +164,12 @@ def _spawn_tiers(
 def _spawn_links(
     exp: Experiment, state: StackState, logs: Path, python: str, backend: str
 ) -> stack_links.LinkPlan:
-    ports = [free_port() for _ in range(len(exp.links) + len(exp.tiers) + 1)]
+    ports = [free_port() for _ in range(stack_links.ports_needed(exp))]
     plan = stack_links.plan_links(exp, state.tier_urls, backend, ports)
     state.link_backend = plan.backend
     state.link_backend_reason = plan.reason
     state.target_urls = plan.targets(state.tier_urls)
+    state.group_target_urls = plan.group_targets(state.tier_urls)
     if plan.backend == "proxy" and (plan.links or plan.paths):
         config = stack_links.write_topology(
             plan, exp.seeds.links, Path(state.state_dir) / "links.yaml"

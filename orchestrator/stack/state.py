@@ -32,6 +32,8 @@ class StackState(BaseModel):
     processes: list[ProcessRecord] = Field(default_factory=list)
     tier_urls: dict[str, str] = Field(default_factory=dict)  # tier name -> direct URL
     target_urls: dict[str, str] = Field(default_factory=dict)  # tier name -> URL through its link
+    # device group -> node -> URL through that group's link or path
+    group_target_urls: dict[str, dict[str, str]] = Field(default_factory=dict)
     link_backend: str = "none"
     link_backend_reason: str = ""
     link_control_urls: dict[str, str] = Field(default_factory=dict)

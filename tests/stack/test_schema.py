@@ -105,7 +105,8 @@ def test_missing_tier_referenced_by_a_link_and_a_policy() -> None:
     del doc["tiers"]["cloud"]
     problems = _problems(doc)
     text = "\n".join(problems)
-    assert "links.device-cloud.dst: 'cloud' is neither 'device' nor a tier declared" in text
+    assert ("links.device-cloud.dst: 'cloud' is neither a device group (device) nor a node "
+            "declared under tiers") in text
     assert ("policies[2] (always_cloud): route @cloud/fp32: no node of class cloud serves fp32 "
             "(nodes: mcu (mcu), edge (edge))") in text
     assert "declared: edge, mcu" in text
@@ -209,7 +210,7 @@ def test_nodes_are_named_apart_from_their_class() -> None:
     ({"edge-1": {}}, "class"),  # not a class name: the class must be given
     ({"edge-1": {"class": "tpu"}}, "must be one of"),
     ({"Edge 1": {"class": "edge"}}, "node names must be lower case"),
-    ({"device": {"class": "edge"}}, "names the request source"),
+    ({"device": {"class": "edge"}}, "names the default device group"),
 ])
 def test_bad_nodes_name_the_key(tiers: dict[str, Any], expect: str) -> None:
     problems = _problems({"name": "x", "tiers": tiers, "policies": ["always_cloud"]})
