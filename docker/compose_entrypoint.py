@@ -1,19 +1,21 @@
 """Main of the compose stack's orchestrator container: links up, one experiment run, metrics kept.
 
-Once the tier containers answer ``/readyz`` it:
+Once every node's container answers ``/readyz`` it:
 
 1. chooses the link backend (``EDGEBED_LINK_BACKEND``: ``auto`` picks ``tc`` when the kernel
-   offers ``sch_netem`` and the container may use it, ``proxy`` otherwise) and applies the
-   experiment's ``device → tier`` links: tc netem on this container's interface with one class
-   per tier address, or the userspace link proxy (``python -m netem.proxy``) on loopback;
-2. measures each link's round trip (fidelity probe) and publishes it;
-3. replays the experiment through its policies (``orchestrator.experiment.run_experiment``),
-   writing the run directory under ``/runs`` and serving Prometheus metrics on port 9100;
+   offers ``sch_netem``, the container may use it and every node is one link away, ``proxy``
+   otherwise) and applies the experiment's links with the local stack's plan
+   (``orchestrator.stack.links``: one link proxy, multi-hop paths chained) or with tc netem on
+   this container's interface, one class per node address;
+2. measures each node's link or path (fidelity probe) and publishes it;
+3. replays the experiment through its policies (``orchestrator.run.run_experiment``), writing
+   the run directory under ``/runs`` and serving Prometheus metrics on port 9100;
 4. waits until Prometheus has scraped the final values, hands the run directory to the owner of
    ``/runs``, and keeps serving metrics (and the links) until stopped, so dashboards stay
    filled. ``EDGEBED_EXIT_AFTER_RUN=1`` exits instead.
 
-Everything it decides (backend and why, link laws, fidelity, tier URLs) goes into run.json.
+Everything it decides (backend and why, link laws, fidelity, node URLs, topology) goes into
+run.json. The compose file (``edgebed compose render``) names the nodes in ``EDGEBED_TARGETS``.
 """
 
 from __future__ import annotations
@@ -36,10 +38,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import yaml
 
-from netem.auth import auth_headers, read_token_file
-from services.tier.classes import DEFAULT_NODES
+from orchestrator.stack.compose import compose_targets, hostport, one_hop_links, resolve_backend
 
 LINK_BACKENDS = ("auto", "tc", "proxy", "none")
 
@@ -51,8 +51,8 @@ class Settings:
     experiment: Path = Path("experiments/seed.yaml")
     n: int | None = None
     link_backend: str = "auto"
-    # the compose services of the default nodes, each named after its node
-    targets: str = ",".join(f"{n}=http://{n}:8000" for n in DEFAULT_NODES)
+    # NODE=URL,...; None: every node of the experiment at its compose service (named after it)
+    targets: str | None = None
     prometheus_url: str | None = "http://prometheus:9090"
     runs_dir: Path = Path("/runs")
     metrics_port: int = 9100
@@ -169,66 +169,26 @@ def choose_backend(requested: str, run: Runner = _run) -> dict[str, Any]:
 # ---- links ------------------------------------------------------------------------------
 
 
-def device_links(exp: Any, tier_urls: Mapping[str, str]) -> dict[str, Any]:
-    """The experiment's links from the device (this container) to a tier we have a URL for.
-
-    Raises ValueError for an experiment whose nodes are reached through multi-hop paths: the
-    compose stack does not chain link proxies yet (the local stack does; see docs/compose.md).
-    """
-    far = {n: p for n, p in exp.node_paths().items() if len(p.hops) > 1 and n in tier_urls}
-    if far:
-        raise ValueError(
-            "the compose stack reaches nodes over one link only; "
-            + ", ".join(f"{n} is {len(p.hops)} hops away ({' → '.join(p.hops)})"
-                        for n, p in sorted(far.items()))
-            + ": run this experiment on the local stack (edgebed demo --config ...)")
-    return {
-        name: spec
-        for name, spec in exp.links.items()
-        if spec.src == "device" and spec.dst in tier_urls
-    }
-
-
-def hostport(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-
-
-def proxy_topology(
-    links: Mapping[str, Any], tier_urls: Mapping[str, str], first_port: int, control_port: int,
-    seed: int,
-) -> dict[str, Any]:
-    """The ``netem.proxy --config`` document: one loopback listener per link (pure)."""
-    doc_links = {}
-    for i, (name, spec) in enumerate(sorted(links.items())):
-        filled = spec.model_copy(
-            update={
-                "listen": f"127.0.0.1:{first_port + i}",
-                "target": hostport(tier_urls[spec.dst]),
-            }
-        )
-        # rtt_range_ms is shorthand already expanded into up/down: the proxy takes one form
-        doc_links[name] = filled.model_dump(mode="json", exclude_none=True,
-                                            exclude={"rtt_range_ms"})
-    return {"links": doc_links, "seed": seed, "control": f"0.0.0.0:{control_port}"}
-
-
 class TcApplyError(RuntimeError):
     """netem was available but shaping the interface failed."""
 
 
 @dataclass
 class Links:
+    """The links in force: the stack's view of them (``orchestrator.stack.state.StackState``:
+    tier URLs, URLs through the links, the proxy's control API and token) and what to close."""
+
     backend: str
     reason: str
-    targets: dict[str, str]  # tier -> URL the replay uses
+    state: Any  # StackState
     laws: dict[str, str] = field(default_factory=dict)
-    probe_targets: dict[str, str] = field(default_factory=dict)  # link -> host:port to probe
-    baseline_targets: dict[str, str] = field(default_factory=dict)  # link -> direct host:port
+    tc_links: dict[str, tuple[str, Any]] = field(default_factory=dict)  # tc: link -> (node, spec)
     proc: subprocess.Popen | None = None
-    control_url: str | None = None
     dev: str | None = None
-    token_file: str | None = None  # the link control API's token (proxy backend)
+
+    @property
+    def targets(self) -> dict[str, str]:
+        return dict(self.state.target_urls)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -246,56 +206,59 @@ class Links:
 
 def start_links(settings: Settings, exp: Any, tier_urls: dict[str, str],
                 backend: str, reason: str, state_dir: Path) -> Links:
-    links = device_links(exp, tier_urls)
-    laws = {name: spec.describe() for name, spec in links.items()}
-    if backend == "none" or not links:
-        why = reason if links else "the experiment declares no device links"
-        return Links("none", why, dict(tier_urls), laws)
-    seed = int(exp.seeds.links)
+    """Apply the experiment's links with ``backend``: the local stack's plan
+    (``orchestrator.stack.links.plan_links``: a node one hop away gets its link's listener, a
+    farther node a chained path listener) served by one link proxy, or tc netem on this
+    container's interface for one-hop links (the caller has checked
+    ``orchestrator.stack.compose.resolve_backend``)."""
+    from orchestrator.stack import links as stack_links
+    from orchestrator.stack.state import StackState
+
+    state = StackState(state_dir=str(state_dir), experiment_path=str(settings.experiment),
+                       tier_urls=dict(tier_urls), target_urls=dict(tier_urls),
+                       prometheus_url=settings.prometheus_url)
+    laws = {name: spec.describe() for name, spec in exp.links.items()}
+    if backend == "none" or not exp.links:
+        why = reason if exp.links else "the experiment declares no links"
+        state.link_backend, state.link_backend_reason = "none", why
+        return Links("none", why, state, laws)
+    state.link_backend, state.link_backend_reason = backend, reason
     if backend == "tc":
         from netem import tc
 
-        peer_ips = {
-            name: socket.gethostbyname(urlsplit(tier_urls[spec.dst]).hostname or "")
-            for name, spec in links.items()
-        }
+        links = one_hop_links(exp, tier_urls)
+        peer_ips = {name: socket.gethostbyname(urlsplit(tier_urls[node]).hostname or "")
+                    for name, (node, _) in links.items()}
         try:
-            tc.apply(links, settings.dev, peer_ips=peer_ips)
+            tc.apply({name: spec for name, (_, spec) in links.items()}, settings.dev,
+                     peer_ips=peer_ips)
         except (RuntimeError, OSError) as exc:  # e.g. no ifb device for ingress shaping
             tc.clear(settings.dev)
             raise TcApplyError(str(exc)) from exc
-        probe = {n: hostport(tier_urls[s.dst]) for n, s in links.items()}
-        return Links("tc", reason, dict(tier_urls), laws, probe, {}, dev=settings.dev)
-    doc = proxy_topology(links, tier_urls, settings.links_first_port,
-                         settings.links_control_port, seed)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    config = state_dir / "links.yaml"
-    config.write_text(yaml.safe_dump(doc, sort_keys=False))
-    from orchestrator.stack.links import write_token
-
-    # The control API listens inside the compose network and is published on the host's
-    # loopback: reading is open, changes need this token
-    # (docker compose exec orchestrator cat /tmp/edgebed/link-token).
-    token = write_token(state_dir / "link-token")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "netem.proxy", "--config", str(config), "--token-file", str(token)],
-        stdout=subprocess.PIPE, text=True,
-    )
+        return Links("tc", reason, state, laws, tc_links=links, dev=settings.dev)
+    # a listener per (device group, node) path in the experiment's order, then the control API
+    first = settings.links_first_port
+    ports = [*range(first, first + stack_links.ports_needed(exp)), settings.links_control_port]
+    plan = stack_links.plan_links(exp, tier_urls, "proxy", ports)
+    # the control API listens on the compose network (Prometheus scrapes it, the host reaches
+    # it on its loopback): reading is open, changes need the token
+    # (docker compose exec orchestrator cat /tmp/edgebed/link-token)
+    plan.control = f"0.0.0.0:{settings.links_control_port}"
+    config = stack_links.write_topology(plan, int(exp.seeds.links), state_dir / "links.yaml")
+    token = stack_links.write_token(state_dir / "link-token")
+    proc = subprocess.Popen(stack_links.proxy_argv(sys.executable, config, token),
+                            stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline() if proc.stdout else ""
     if not line.strip():
         proc.wait(5)
         raise RuntimeError(f"link proxy exited ({proc.returncode}) before it was ready")
     threading.Thread(target=_drain, args=(proc,), daemon=True).start()
-    control = f"http://127.0.0.1:{settings.links_control_port}"
-    targets = dict(tier_urls)
-    probe, baseline = {}, {}
-    for name, spec in doc["links"].items():
-        tier = links[name].dst
-        targets[tier] = f"http://{spec['listen']}"
-        probe[name] = spec["listen"]
-        baseline[name] = spec["target"]
-    return Links("proxy", reason, targets, laws, probe, baseline, proc, control,
-                 token_file=str(token))
+    state.target_urls = plan.targets(tier_urls)
+    state.group_target_urls = plan.group_targets(tier_urls)
+    state.link_control_urls = {"links": f"http://127.0.0.1:{settings.links_control_port}"}
+    state.link_token_file = str(token)
+    laws.update({p.name: p.describe() for p in plan.paths})
+    return Links("proxy", reason, state, laws, proc=proc)
 
 
 def _drain(proc: subprocess.Popen) -> None:
@@ -304,42 +267,34 @@ def _drain(proc: subprocess.Popen) -> None:
         print(f"[links] {line.rstrip()}", flush=True)
 
 
-def probe_fidelity(links: Links, exp: Any, n: int) -> dict[str, Any]:
-    """RTT of each link measured with HTTP GET /healthz through it (netem.probe.probe_link:
-    direct baseline subtracted, the proxy's drawn delays as the mean's reference)."""
+def probe_fidelity(links: Links, exp: Any, n: int, timeout_s: float = 600.0) -> list[dict]:
+    """RTT through each node's link or path, with HTTP GET /healthz (``netem.probe``): through
+    the proxy as the local stack does (``orchestrator.stack.fidelity``: direct baseline
+    subtracted, the drawn delays as the mean's reference, reports sent to the proxy's control
+    API); with tc per link, on the shaped interface."""
     import asyncio
 
     from netem.probe import probe_link
 
-    reports: dict[str, Any] = {}
-    if n <= 0:
-        return reports
-    headers = auth_headers(read_token_file(links.token_file) if links.token_file else None)
-    for name, target in links.probe_targets.items():
+    if n <= 0 or links.backend == "none":
+        return []
+    if links.backend == "proxy":
+        from orchestrator.stack.fidelity import probe_stack_links
+
+        return probe_stack_links(exp, links.state, n=n, timeout_s=timeout_s)
+    reports = []
+    for name, (node, spec) in links.tc_links.items():
+        # one link at a time: concurrent probes would queue behind each other on a tier
         try:
-            # one link at a time: concurrent probes would queue behind each other on a tier
-            report = asyncio.run(probe_link(
-                target, exp.links[name], name=name, n=n, mode="http", path="/healthz",
-                baseline_target=links.baseline_targets.get(name), baseline_n=min(n, 50),
-                control_url=links.control_url))
+            report = asyncio.run(probe_link(hostport(links.state.tier_urls[node]), spec,
+                                            name=name, n=n, mode="http", path="/healthz"))
         except Exception as exc:  # a probe failure must not stop the run; it is recorded
-            reports[name] = {"link": name, "error": f"{type(exc).__name__}: {exc}"}
-            continue
-        reports[name] = report
-        if links.control_url:
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.put(f"{links.control_url}/v1/links/{name}/fidelity", headers=headers,
-                          json=json.loads(json.dumps(report, default=float)), timeout=5)
+            report = {"link": name, "error": f"{type(exc).__name__}: {exc}"}
+        reports.append({**report, "kind": "link"})
     return reports
 
 
 # ---- tiers, run, hand-over --------------------------------------------------------------
-
-
-def parse_targets(text: str, nodes: list[str] | None = None) -> dict[str, str]:
-    from orchestrator.commands import parse_targets as parse
-
-    return parse(text, nodes)
 
 
 def wait_ready(tier_urls: Mapping[str, str], timeout_s: float) -> None:
@@ -375,6 +330,7 @@ def run(settings: Settings) -> int:
     from orchestrator.experiment import load_experiment
     from orchestrator.metrics import OrchestratorMetrics
     from orchestrator.run import run_experiment
+    from orchestrator.stack.demo import link_counters, link_views, stack_run_info
     from orchestrator.stack.manager import wait_for_scrape
 
     exp = load_experiment(settings.experiment)
@@ -382,24 +338,26 @@ def run(settings: Settings) -> int:
     if settings.n is not None:
         overrides["workload.n"] = settings.n
     exp = exp.with_overrides(overrides, "container settings")
-    tier_urls = parse_targets(settings.targets, list(exp.tiers))
-    log(f"experiment {exp.name!r} from {settings.experiment}; waiting for tiers")
+    tier_urls = compose_targets(exp, settings.targets)
+    choice = choose_backend(settings.link_backend)
+    backend, reason = resolve_backend(settings.link_backend, choice, exp, tier_urls)
+    log(f"experiment {exp.name!r} from {settings.experiment}; waiting for nodes "
+        f"{', '.join(tier_urls)}")
     wait_ready(tier_urls, settings.ready_timeout_s)
 
-    choice = choose_backend(settings.link_backend)
-    backend, reason = choice["backend"], choice["reason"]
     log(f"link backend {backend}: {reason}")
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     run_name = f"{stamp}-{exp.name}"
     run_dir = settings.runs_dir / run_name
+    state_dir = Path("/tmp/edgebed")
     try:
-        links = start_links(settings, exp, tier_urls, backend, reason, Path("/tmp/edgebed"))
+        links = start_links(settings, exp, tier_urls, backend, reason, state_dir)
     except TcApplyError as exc:
         if settings.link_backend == "tc":
             raise
         reason = f"{reason}; but applying tc failed ({exc}): using the userspace proxy instead"
         log(f"link backend proxy: {reason}")
-        links = start_links(settings, exp, tier_urls, "proxy", reason, Path("/tmp/edgebed"))
+        links = start_links(settings, exp, tier_urls, "proxy", reason, state_dir)
     stop = threading.Event()
     # during the run SIGTERM/SIGINT stop it with everything recorded (orchestrator.cli); after
     # it, they just end the wait below
@@ -407,37 +365,44 @@ def run(settings: Settings) -> int:
     metrics = OrchestratorMetrics()
     try:
         for name, law in links.laws.items():
-            log(f"  link {name}: {law} ({links.backend})")
-        fidelity = probe_fidelity(links, exp, settings.fidelity_probes)
-        for name, rep in fidelity.items():
+            log(f"  {name}: {law} ({links.backend})")
+        fidelity_error = None
+        try:
+            fidelity = probe_fidelity(links, exp, settings.fidelity_probes)
+        except Exception as exc:  # a failed probe must not cost the run; it is recorded
+            fidelity, fidelity_error = [], f"{type(exc).__name__}: {exc}"
+            log(f"warning: link fidelity probe failed ({fidelity_error}); continuing without it")
+        for rep in fidelity:
             if "error" in rep:
-                log(f"  fidelity {name}: probe failed: {rep['error']}")
+                log(f"  fidelity {rep['link']}: probe failed: {rep['error']}")
             else:
-                log(f"  fidelity {name}: mean RTT configured {rep['configured']['mean_ms']:.1f} ms,"
-                    f" achieved {rep['achieved']['mean_ms']:.1f} ms (n={rep['n']})")
+                log(f"  fidelity {rep['link']} ({rep.get('kind', 'link')}): mean RTT configured "
+                    f"{rep['configured']['mean_ms']:.1f} ms, achieved "
+                    f"{rep['achieved']['mean_ms']:.1f} ms (n={rep['n']})")
         if links.backend == "tc" and fidelity:
             from netem.metrics import LinkMetrics
 
             lm = LinkMetrics(metrics.registry)
-            for name, rep in fidelity.items():
+            for rep in fidelity:
                 if "error" not in rep:
-                    lm.set_fidelity(name, rep)
+                    lm.set_fidelity(rep["link"], rep)
         info = Gauge("edgebed_orchestrator_run_info", "The run this orchestrator serves (1)",
                      ["run", "experiment", "link_backend"], registry=metrics.registry)
         info.labels(run_name, exp.name, links.backend).set(1)
         metrics.serve(settings.metrics_port, "0.0.0.0")
 
-        run_info = {
-            "stack": {"kind": "compose", "experiment_file": str(settings.experiment),
-                      "tier_urls": tier_urls, "target_urls": links.targets,
-                      "prometheus_url": settings.prometheus_url, "run": run_name},
-            "link_backend": {**choice, "backend": links.backend, "reason": links.reason},
-            "links": links.laws,
-            "link_fidelity": fidelity,
-        }
+        run_info = stack_run_info(exp, links.state, "compose")
+        run_info["stack"]["run"] = run_name
+        run_info["link_backend"] = {**choice, "backend": links.backend, "reason": links.reason}
+        run_info["link_fidelity"] = fidelity
+        if fidelity_error:
+            run_info["link_fidelity_error"] = fidelity_error
+        run_info["links_at_start"] = link_views(links.state)
+        observe = (lambda: link_counters(links.state)) if links.backend == "proxy" else None
         log(f"replaying {exp.workload.n} requests through {len(exp.policies)} policies")
         result = run_experiment(exp, run_dir, targets=links.targets, direct_targets=tier_urls,
-                                run_info=run_info, metrics=metrics)
+                                group_targets=links.state.group_target_urls,
+                                run_info=run_info, metrics=metrics, observe=observe)
         log(f"run directory {run_dir} ({len(result.records)} records)")
         print(result.summary.to_string(index=False), flush=True)
         if settings.prometheus_url:

@@ -1,8 +1,11 @@
-# One image per tier (mcu, edge, cloud): the shared FastAPI tier app with real LiteRT models.
+# The tier image: the shared FastAPI tier app with real LiteRT models, one image for every node.
 # Slim on purpose: no TensorFlow, no scipy/pandas/matplotlib, no pip in the runtime venv,
-# non-root, health check on /readyz.
+# non-root, health check on /readyz. The compose stack (`edgebed compose render`) runs it once
+# per node with its own command line: --tier NAME --experiment FILE (the node's class defaults
+# with the experiment's tiers.NAME section). Without a command it serves the built-in node TIER.
 #
-#   docker build -f docker/tier.Dockerfile --build-arg TIER=edge -t edgebed/edge .
+#   docker build -f docker/tier.Dockerfile -t edgebed/tier .
+#   docker run edgebed/tier python3 -m services.tier --tier edge-2 --class edge --host 0.0.0.0
 #
 # BASE_IMAGE: any Debian-like image with python3 >= 3.11 and the venv module
 # (default python:3.11-slim; CI uses a debootstrap-built image, see docker/base-image.sh).

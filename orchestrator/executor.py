@@ -17,7 +17,6 @@ import asyncio
 import selectors
 import time
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any, Protocol
 
 import aiohttp
@@ -132,8 +131,7 @@ class HttpExecutor:
         self._session = make_session(self._limit)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None

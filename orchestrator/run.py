@@ -260,8 +260,8 @@ async def arun_experiment(
     requests = all_requests(streams)
     passes = make_passes(exp)
     clock = clock or WallClock(exp.replay.spin_s)
-    if executor is None:
-        executor = HttpExecutor(urls, groups_urls, exp.replay.concurrency)
+    runner: Executor = (executor if executor is not None
+                        else HttpExecutor(urls, groups_urls, exp.replay.concurrency))
 
     own_metrics = metrics is None
     m = metrics if metrics is not None else OrchestratorMetrics()
@@ -346,7 +346,7 @@ async def arun_experiment(
     t0 = time.perf_counter()
     try:
         await replay(
-            streams, passes, executor=executor, clock=clock, settings=exp.replay, sinks=[sink],
+            streams, passes, executor=runner, clock=clock, settings=exp.replay, sinks=[sink],
             results=passes_done, before_pass=before_pass, scenario=exp.scenario,
             controller=controller, event_log=events, on_event=on_event,
         )

@@ -1,4 +1,5 @@
-"""``edgebed up``, ``down``, ``status`` and ``demo``: the local stack from the command line."""
+"""``edgebed up``, ``down``, ``status`` and ``demo``: the local stack from the command line;
+``edgebed compose render``: a compose file for an experiment's topology."""
 
 from __future__ import annotations
 
@@ -173,7 +174,75 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+def _compose_render(args: argparse.Namespace) -> int:
+    from orchestrator.experiment import ExperimentError, import_plugins, load_experiment
+    from orchestrator.stack.render import RenderError, experiment_path_in, render_text
+
+    config = _config(args)
+    try:
+        problems = import_plugins(args.plugin, "--plugin")
+        if problems:
+            raise ExperimentError(str(config), problems)
+        exp = load_experiment(config)
+    except ExperimentError as exc:
+        print(f"edgebed compose render: {exc}", file=sys.stderr)
+        return 2
+    project = args.project_dir or (args.out.parent if args.out is not None else Path.cwd())
+    try:
+        text = render_text(exp, experiment_path_in(project, config))
+    except RenderError as exc:
+        print(f"edgebed compose render: {exc}", file=sys.stderr)
+        return 2
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.out.write_text(text)
+    except OSError as exc:
+        print(f"edgebed compose render: --out {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    nodes = ", ".join(f"{n} ({t.node_class})" for n, t in exp.tiers.items())
+    print(f"wrote {args.out}: nodes {nodes}; run it with docker compose -f {args.out} up --build",
+          file=sys.stderr)
+    return 0
+
+
+def _register_compose(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    compose = subparsers.add_parser(
+        "compose",
+        help="the Docker Compose stack: render a compose file for an experiment's topology",
+        description="Docker Compose files for edgebed (docs/compose.md).",
+    )
+    actions = compose.add_subparsers(dest="compose_command", metavar="ACTION")
+    compose.set_defaults(func=lambda args: (compose.print_help(), 2)[1])
+    render = actions.add_parser(
+        "render",
+        help="write a docker compose file for the experiment's nodes",
+        description="Write a docker compose file for the experiment's topology: one tier "
+        "service per node (its class's defaults with the experiment's tiers.NAME section, as "
+        "`edgebed up` gives it), the orchestrator (links, run), Prometheus and Grafana "
+        "(profile). The committed docker-compose.yml is this for experiments/seed.yaml. The "
+        "experiment is validated first; the file runs from the project directory (the "
+        "checkout), whose experiments/ holds the experiment.",
+    )
+    render.add_argument(
+        "--config", type=Path, default=None,
+        help="experiment YAML file under the project's experiments/ (default "
+        "experiments/seed.yaml)",
+    )
+    render.add_argument("--out", type=Path, default=None,
+                        help="write the compose file here (default: standard output)")
+    render.add_argument(
+        "--project-dir", type=Path, default=None,
+        help="where docker compose runs (build context, ./experiments, ./runs); default: the "
+        "--out file's directory, else the working directory",
+    )
+    add_plugin_option(render)
+    render.set_defaults(func=_compose_render)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    _register_compose(subparsers)
     up = subparsers.add_parser(
         "up",
         help="start the local stack (tiers, links, Prometheus) on loopback, no Docker",

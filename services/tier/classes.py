@@ -41,6 +41,7 @@ class NodeClass:
     batching: bool = False  # models may set ``batching`` (Triton-style dynamic batching)
     int8_only: bool = False  # serves only full-integer INT8 vision models
     lm: bool = True  # may serve the emulated SLM/LLM
+    cpus: float = 1.0  # CPU share of the node's container in the compose stack (``cpus:``)
 
     @property
     def defaults_path(self) -> Path:
@@ -54,19 +55,22 @@ class NodeClass:
 CLASSES: dict[str, NodeClass] = {
     c.name: c
     for c in (
-        NodeClass("mcu", "microcontroller (the teaching simulator's MCU row)"),
-        NodeClass("edge", "edge SoC (the teaching simulator's EDGE row)"),
-        NodeClass("cloud", "edge server / cloud node (the teaching simulator's CLOUD row)"),
+        NodeClass("mcu", "microcontroller (the teaching simulator's MCU row)", cpus=0.25),
+        NodeClass("edge", "edge SoC (the teaching simulator's EDGE row)", cpus=1.0),
+        NodeClass("cloud", "edge server / cloud node (the teaching simulator's CLOUD row)",
+                  cpus=2.0),
         NodeClass(
             "gpu",
             "datacenter GPU (NVIDIA T4-like) with Triton-style dynamic batching",
             batching=True,
+            cpus=2.0,
         ),
         NodeClass(
             "npu",
             "Edge-TPU-like accelerator (Google Coral): full-integer INT8 models only",
             int8_only=True,
             lm=False,
+            cpus=0.5,
         ),
     )
 }

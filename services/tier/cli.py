@@ -9,7 +9,11 @@ import importlib.util
 import selectors
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.tier.config import TierConfig
 
 DEFAULT_PORT = 8000
 
@@ -42,6 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--config", metavar="FILE", help="YAML merged over the tier's built-in config")
     p.add_argument(
+        "--experiment", metavar="FILE",
+        help="take the node's config from this experiment file: its tiers.NAME section (NAME: "
+        "--tier) layered over the class defaults, as `edgebed up` does (the compose stack's "
+        "tier containers use this); instead of --config",
+    )  # fmt: skip
+    p.add_argument(
         "--device-time",
         choices=("real", "profile"),
         help="real: report host compute time; profile: hold requests for the device latency",
@@ -61,26 +71,38 @@ def _uvicorn_options() -> dict[str, Any]:
     return opts
 
 
+def config_from_args(args: argparse.Namespace) -> TierConfig:
+    """The node's validated config from the command line (raises TierConfigError)."""
+    from services.tier.config import TierConfigError, load_tier_config
+
+    overrides = {"device_time": args.device_time} if args.device_time else {}
+    if args.device_time:
+        # The flag applies to every vision model, overriding per-model device_time settings.
+        overrides["_all_models_device_time"] = args.device_time
+    node_class = getattr(args, "node_class", None)
+    data = None
+    if getattr(args, "experiment", None):
+        if args.config:
+            raise TierConfigError("--experiment and --config: give one of them")
+        data = experiment_section(args.experiment, args.tier)
+    return load_tier_config(
+        args.tier, args.config, _expand(overrides, args.tier, args.config, node_class, data),
+        node_class=node_class, config_data=data,
+    )  # fmt: skip
+
+
 def serve(args: argparse.Namespace) -> int:
     import prometheus_client
     import uvicorn
 
     from services.tier.app import create_app
-    from services.tier.config import TierConfigError, load_tier_config
+    from services.tier.config import TierConfigError
 
     if not 0 < args.port < 65536:
         print(f"edgebed serve: --port must be within 1..65535, got {args.port}", file=sys.stderr)
         return 2
-    overrides = {"device_time": args.device_time} if args.device_time else {}
-    if args.device_time:
-        # The flag applies to every vision model, overriding per-model device_time settings.
-        overrides["_all_models_device_time"] = args.device_time
     try:
-        node_class = getattr(args, "node_class", None)
-        cfg = load_tier_config(
-            args.tier, args.config, _expand(overrides, args.tier, args.config, node_class),
-            node_class=node_class,
-        )  # fmt: skip
+        cfg = config_from_args(args)
         app = create_app(cfg)
     except TierConfigError as exc:
         print(f"edgebed serve: {exc}", file=sys.stderr)
@@ -112,8 +134,53 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def experiment_section(path: str, name: str | None) -> dict[str, Any]:
+    """The ``tiers.<name>`` section of an experiment file as written (with ``tier: name``): the
+    user layer ``edgebed up`` gives the node (orchestrator/stack/tiers.py writes the same section
+    to the file it passes with ``--config``). Only the section is read; the orchestrator
+    validates the whole experiment. Raises TierConfigError naming the file and the key."""
+    import yaml
+
+    from services.tier.classes import DEFAULT_NODES
+    from services.tier.config import TierConfigError
+
+    if not name:
+        raise TierConfigError("--experiment needs --tier NAME: the node whose tiers.NAME section "
+                              "to serve")
+    where = f"--experiment {path}"
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TierConfigError(f"{where}: cannot read: {exc.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise TierConfigError(f"{where}: not a YAML experiment file: {exc}") from None
+    if not isinstance(data, dict):
+        raise TierConfigError(f"{where}: (top level): must be a mapping")
+    tiers = data.get("tiers")
+    if tiers is None:
+        if name not in DEFAULT_NODES:
+            raise TierConfigError(
+                f"{where}: tiers: not declared, so the nodes are the default ones "
+                f"({', '.join(DEFAULT_NODES)}), not {name!r}")
+        section: Any = {}
+    elif not isinstance(tiers, dict):
+        raise TierConfigError(f"{where}: tiers: must be a mapping of node name to section")
+    elif name not in tiers:
+        raise TierConfigError(
+            f"{where}: tiers.{name}: no such node (declared: {', '.join(map(str, tiers))}); a "
+            "compose file serves the nodes of the experiment it was rendered from (edgebed "
+            f"compose render --config {path})")
+    else:
+        section = tiers[name] or {}
+    if not isinstance(section, dict):
+        raise TierConfigError(f"{where}: tiers.{name}: must be a mapping, got "
+                              f"{type(section).__name__}")
+    return {**section, "tier": name}
+
+
 def _expand(
-    overrides: dict[str, Any], tier: str | None, config: str | None, node_class: str | None = None
+    overrides: dict[str, Any], tier: str | None, config: str | None,
+    node_class: str | None = None, data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Turn the --device-time flag into per-model overrides (it beats per-model settings)."""
     mode = overrides.pop("_all_models_device_time", None)
@@ -121,7 +188,7 @@ def _expand(
         return overrides
     from services.tier.config import load_tier_config
 
-    base = load_tier_config(tier, config, node_class=node_class)
+    base = load_tier_config(tier, config, node_class=node_class, config_data=data)
     overrides["models"] = {name: {"device_time": mode} for name in base.models}
     return overrides
 

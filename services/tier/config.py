@@ -506,11 +506,16 @@ def load_tier_config(
     *,
     use_env: bool = True,
     node_class: str | None = None,
+    config_data: dict[str, Any] | None = None,
 ) -> TierConfig:
     """Class defaults ← user file ← environment ← overrides, validated. ``tier`` is the node's
     name; ``node_class`` (``--class``) its class, which may also come from the overrides, the
-    environment or the file, and defaults to the name when the name is a class."""
-    user = read_yaml(Path(config_file)) if config_file else {}
+    environment or the file, and defaults to the name when the name is a class.
+    ``config_data`` is the user layer given as a mapping instead of a file (an experiment's
+    ``tiers.<name>`` section: ``edgebed serve --experiment``)."""
+    if config_file and config_data is not None:
+        raise TierConfigError("give the node's config as a file or as data, not both")
+    user = read_yaml(Path(config_file)) if config_file else copy.deepcopy(config_data or {})
     env = env_overrides() if use_env else {}
     overrides = overrides or {}
     name = tier or user.get("tier") or overrides.get("tier")

@@ -75,6 +75,22 @@ def test_docker_compose_1_29_accepts_the_file() -> None:
     # slower tiers get less CPU
     cpus = {t: float(cfg["services"][t]["cpus"]) for t in ("mcu", "edge", "cloud")}
     assert cpus["mcu"] < cpus["edge"] < cpus["cloud"], cpus
+    # the .env settings reach the file: ports, experiment default
+    assert cfg["services"]["edge"]["ports"] == ["127.0.0.1:8102:8000/tcp"]
+    assert cfg["services"]["edge"]["command"][6] == "experiments/seed.yaml"
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None,
+                    reason="docker-compose (Debian's 1.29) not installed: apt-get install "
+                    "docker-compose")
+def test_docker_compose_1_29_merges_the_tc_overlay() -> None:
+    res = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "-f",
+                          "docker-compose.tc.yml", "config"], cwd=REPO, capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin"}, check=False)
+    assert res.returncode == 0, res.stderr
+    orch = yaml.safe_load(res.stdout)["services"]["orchestrator"]
+    assert "NET_ADMIN" in orch["cap_add"] and orch["cap_drop"] == ["ALL"]
+    assert orch["environment"]["EDGEBED_LINK_BACKEND"] == "tc"
 
 
 def test_tiers_have_health_checks_on_readyz_and_loopback_ports() -> None:
@@ -82,11 +98,28 @@ def test_tiers_have_health_checks_on_readyz_and_loopback_ports() -> None:
     for tier in ("mcu", "edge", "cloud"):
         svc = doc["services"][tier]
         assert "/readyz" in " ".join(svc["healthcheck"]["test"])
-        assert svc["build"]["args"]["TIER"] == tier
+        cmd = svc["command"]
+        assert cmd[cmd.index("--tier") + 1] == tier
+        assert cmd[cmd.index("--experiment") + 1] == "${EDGEBED_EXPERIMENT:-experiments/seed.yaml}"
         for port in svc["ports"]:
             assert port.startswith("127.0.0.1:"), port
+    for port in doc["services"]["orchestrator"]["ports"] + doc["services"]["prometheus"]["ports"]:
+        assert port.startswith("127.0.0.1:"), port
     deps = doc["services"]["orchestrator"]["depends_on"]
     assert all(deps[t]["condition"] == "service_healthy" for t in ("mcu", "edge", "cloud"))
+
+
+def test_orchestrator_keeps_least_privilege_and_the_tc_overlay_adds_only_net_admin() -> None:
+    orch = compose_doc()["services"]["orchestrator"]
+    assert orch["cap_drop"] == ["ALL"]
+    assert orch["cap_add"] == ["CHOWN", "DAC_OVERRIDE", "FOWNER"]
+    assert orch["security_opt"] == ["no-new-privileges:true"] and orch["read_only"] is True
+    assert orch["environment"]["EDGEBED_TARGETS"] == (
+        "${EDGEBED_TARGETS:-mcu=http://mcu:8000,edge=http://edge:8000,cloud=http://cloud:8000}")
+    overlay = yaml.safe_load((REPO / "docker-compose.tc.yml").read_text())
+    tc = overlay["services"]["orchestrator"]
+    assert set(tc["cap_add"]) - set(orch["cap_add"]) == {"NET_ADMIN"}
+    assert tc["environment"] == {"EDGEBED_LINK_BACKEND": "tc"}
 
 
 def test_grafana_is_in_a_profile_enabled_by_dotenv() -> None:
@@ -142,13 +175,23 @@ def test_prometheus_compose_config_is_valid() -> None:
 
 
 def test_prometheus_scrapes_every_compose_service_that_serves_metrics() -> None:
+    """The tiers by DNS discovery of the alias every rendered node carries (any topology), the
+    links and the orchestrator at their fixed addresses."""
+    from orchestrator.stack.render import TIER_ALIAS, TIER_PORT
+
     cfg = yaml.safe_load((REPO / "observability" / "prometheus" / "compose.yml").read_text())
-    targets = {t for job in cfg["scrape_configs"] for sc in job["static_configs"]
+    jobs = {job["job_name"]: job for job in cfg["scrape_configs"]}
+    assert set(jobs) == {"edgebed-tiers", "edgebed-links", "edgebed-orchestrator"}
+    assert jobs["edgebed-tiers"]["dns_sd_configs"] == [
+        {"names": [TIER_ALIAS], "type": "A", "port": TIER_PORT, "refresh_interval": "5s"}]
+    targets = {t for job in cfg["scrape_configs"] for sc in job.get("static_configs", [])
                for t in sc["targets"]}
-    assert targets == {"mcu:8000", "edge:8000", "cloud:8000", "orchestrator:9100",
-                       "orchestrator:9101"}
-    jobs = {job["job_name"] for job in cfg["scrape_configs"]}
-    assert jobs == {"edgebed-tiers", "edgebed-links", "edgebed-orchestrator"}
+    assert targets == {"orchestrator:9100", "orchestrator:9101"}
+    services = compose_doc()["services"]
+    nodes = [n for n, svc in services.items() if "org.edgebed.node" in svc.get("labels", {})]
+    assert nodes == ["mcu", "edge", "cloud"]
+    for n in nodes:
+        assert services[n]["networks"]["default"]["aliases"] == [TIER_ALIAS]
 
 
 def test_dashboard_json_is_generated_from_build_dashboard() -> None:
@@ -238,23 +281,6 @@ def test_settings_from_env_name_the_bad_key() -> None:
     assert (s.n, s.exit_after_run, s.prometheus_url) == (7, True, None)
 
 
-def test_proxy_topology_is_a_valid_netem_topology() -> None:
-    from netem.spec import Topology
-    from orchestrator.experiment import load_experiment
-
-    exp = load_experiment(REPO / "experiments" / "seed.yaml")
-    tiers = {"mcu": "http://mcu:8000", "edge": "http://edge:8000", "cloud": "http://cloud:8000"}
-    links = entry.device_links(exp, tiers)
-    doc = entry.proxy_topology(links, tiers, 9111, 9101, seed=5)
-    topo = Topology.model_validate(doc)
-    assert {name: (s.listen, s.target) for name, s in topo.links.items()} == {
-        "device-cloud": ("127.0.0.1:9111", "cloud:8000"),
-        "device-edge": ("127.0.0.1:9112", "edge:8000"),
-        "device-mcu": ("127.0.0.1:9113", "mcu:8000"),
-    }
-    assert doc["control"] == "0.0.0.0:9101"
-
-
 def test_tc_shaping_failure_is_reported_and_leaves_the_interface_clean(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """netem present but e.g. no ifb device: start_links raises TcApplyError after clearing."""
@@ -276,12 +302,118 @@ def test_tc_shaping_failure_is_reported_and_leaves_the_interface_clean(
     assert cleared == ["eth0"]
 
 
-def test_multi_hop_paths_are_refused_with_the_reason() -> None:
-    """The compose entrypoint forwards over one link per node; a hierarchy must not silently
-    reach its far nodes directly."""
+# ---- the orchestrator container's topology: the rendered nodes, tc or the proxy's plan ------
+
+
+def _exp(name: str):
     from orchestrator.experiment import load_experiment
 
-    exp = load_experiment(REPO / "experiments" / "hierarchical.yaml")
+    return load_experiment(REPO / "experiments" / name)
+
+
+def test_targets_default_to_the_experiment_nodes_and_must_cover_them() -> None:
+    from orchestrator.stack.compose import compose_targets
+
+    exp = _exp("hierarchical.yaml")
+    assert compose_targets(exp, None) == {n: f"http://{n}:8000" for n in exp.tiers}
+    seed_targets = "mcu=http://mcu:8000,edge=http://edge:8000,cloud=http://cloud:8000"
+    with pytest.raises(ValueError, match=r"EDGEBED_TARGETS: .*NODE in mcu/edge-1/regional/cloud"
+                       r".*edgebed compose render --config"):
+        compose_targets(exp, seed_targets)  # a compose file rendered for seed.yaml
+    with pytest.raises(ValueError, match=r"no URL for node\(s\) edge-1, regional of"):
+        compose_targets(exp, "mcu=http://mcu:8000,cloud=http://cloud:8000")
+
+
+def test_tc_serves_one_hop_links_and_multi_hop_paths_fall_back_to_the_proxy() -> None:
+    from orchestrator.stack.compose import one_hop_links, resolve_backend
+
+    tc_ok = {"backend": "tc", "reason": "kernel has sch_netem"}
+    seed, hier = _exp("seed.yaml"), _exp("hierarchical.yaml")
+    seed_urls = {n: f"http://{n}:8000" for n in seed.tiers}
+    hier_urls = {n: f"http://{n}:8000" for n in hier.tiers}
+    assert resolve_backend("auto", tc_ok, seed, seed_urls) == ("tc", "kernel has sch_netem")
+    assert {k: v[0] for k, v in one_hop_links(seed, seed_urls).items()} == {
+        "device-mcu": "mcu", "device-edge": "edge", "device-cloud": "cloud"}
+    backend, reason = resolve_backend("auto", tc_ok, hier, hier_urls)
+    assert backend == "proxy"
+    assert ("cloud is 3 hops away from device (device-edge-1 → edge-1-regional → "
+            "regional-cloud)") in reason
+    assert "regional is 2 hops away" in reason and reason.startswith("kernel has sch_netem; but")
+    with pytest.raises(ValueError, match=r"EDGEBED_LINK_BACKEND=tc: tc netem .* cannot chain"):
+        resolve_backend("tc", tc_ok, hier, hier_urls)
+    proxy = {"backend": "proxy", "reason": "no sch_netem"}
+    assert resolve_backend("auto", proxy, hier, hier_urls) == ("proxy", "no sch_netem")
+    # device groups: their requests all leave this container, tc cannot tell them apart
+    cells = _exp("multi-edge.yaml")
+    cell_urls = {n: f"http://{n}:8000" for n in cells.tiers}
+    backend, reason = resolve_backend("auto", tc_ok, cells, cell_urls)
+    assert backend == "proxy"
+    assert "cannot tell device groups apart (cell-1, cell-2, cell-3 have links)" in reason
+
+
+def test_tc_applies_one_class_per_node_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    from netem import tc
+
+    applied: list[tuple] = []
+    monkeypatch.setattr(tc, "apply", lambda links, dev, peer_ips: applied.append(
+        (sorted(links), dev, peer_ips)))
+    addresses = {"mcu": "172.30.0.2", "edge": "172.30.0.3", "cloud": "172.30.0.4"}
+    monkeypatch.setattr(entry.socket, "gethostbyname", addresses.__getitem__)
+    exp = _exp("seed.yaml")
     tiers = {n: f"http://{n}:8000" for n in exp.tiers}
-    with pytest.raises(ValueError, match=r"cloud is 3 hops away \(device-edge-1 → edge-1-regional"):
-        entry.device_links(exp, tiers)
+    links = entry.start_links(entry.Settings(), exp, tiers, "tc", "test", REPO / "unused")
+    assert applied == [(["device-cloud", "device-edge", "device-mcu"], "eth0",
+                        {"device-mcu": "172.30.0.2", "device-edge": "172.30.0.3",
+                         "device-cloud": "172.30.0.4"})]
+    assert links.targets == tiers  # tc shapes the interface: requests go to the nodes directly
+
+
+def _free_block(n: int) -> int:
+    import socket
+
+    for base in range(23100, 60000, 97):
+        try:
+            socks = []
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("0.0.0.0", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+def test_proxy_plan_chains_multi_hop_paths_with_the_local_stacks_plan(tmp_path: Path) -> None:
+    """A real link proxy started as the container does, for experiments/hierarchical.yaml: the
+    device's one-hop nodes get their link's listener, regional and the cloud a chained path."""
+    exp = _exp("hierarchical.yaml")
+    base = _free_block(10)
+    settings = entry.Settings(links_control_port=base, links_first_port=base + 1)
+    tiers = {n: f"http://{n}:8000" for n in exp.tiers}
+    links = entry.start_links(settings, exp, tiers, "proxy", "test", tmp_path)
+    try:
+        assert links.targets == {"mcu": f"http://127.0.0.1:{base + 1}",
+                                 "edge-1": f"http://127.0.0.1:{base + 2}",
+                                 "regional": f"http://127.0.0.1:{base + 3}",
+                                 "cloud": f"http://127.0.0.1:{base + 4}"}
+        control = links.state.link_control_urls["links"]
+        assert control == f"http://127.0.0.1:{base}"
+        import httpx
+
+        paths = httpx.get(f"{control}/v1/paths", timeout=5, trust_env=False).json()
+        text = json.dumps(paths)
+        assert "path-cloud" in text and "path-regional" in text, paths
+        doc = yaml.safe_load((tmp_path / "links.yaml").read_text())
+        assert doc["paths"]["path-cloud"]["hops"] == ["device-edge-1", "edge-1-regional",
+                                                      "regional-cloud"]
+        assert doc["paths"]["path-cloud"]["target"] == "cloud:8000"
+        assert doc["control"] == f"0.0.0.0:{base}"
+        assert (tmp_path / "link-token").stat().st_mode & 0o777 == 0o600
+        assert "path-cloud" in links.laws
+    finally:
+        links.close()
+    assert links.proc is not None and links.proc.poll() is not None

@@ -1,5 +1,7 @@
-"""End to end on a real Docker engine: build the images, ``up``, run the default experiment in the
-orchestrator container, check records against Prometheus, evaluate every Grafana panel, ``down``.
+"""End to end on a real Docker engine: build the images, ``up``, run the experiment in the
+orchestrator container, check records against Prometheus, evaluate every Grafana panel, ``down``;
+for the committed docker-compose.yml (experiments/seed.yaml) and for the file ``edgebed compose
+render`` writes for experiments/hierarchical.yaml (multi-hop paths through the link proxy).
 
 The test starts its own ``dockerd`` (docker/dockerd.sh: own data root, exec root, pidfile and
 socket; stopped by PID), builds the base image with debootstrap (docker/base-image.sh, cached)
@@ -17,9 +19,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import itertools
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -41,6 +45,8 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 TIER_MAX_BYTES = 300 * 1000 * 1000  # "300 MB" as docker reports sizes
 PROJECT = "edgebed-e2e"
 TAG = "e2e"
+BASE = "edgebed/base:bookworm"
+PROM_IMAGE = f"edgebed/prometheus:{TAG}"
 N_REQUESTS = int(os.environ.get("EDGEBED_E2E_N", "6"))
 UP_TIMEOUT_S = 600.0
 
@@ -165,8 +171,8 @@ def panel_queries(run_name: str, rate_interval: str) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.fixture
 def say(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """A writer of live progress lines on the terminal (not captured)."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capman = request.config.pluginmanager.get_plugin("capturemanager")
 
@@ -180,106 +186,224 @@ def say(request: pytest.FixtureRequest) -> Callable[[str], None]:
     return write
 
 
-@pytest.mark.timeout(1800)
-def test_compose_stack_end_to_end(engine: dict[str, str], tmp_path: Path,
-                                  say: Callable[[str], None]) -> None:
-    timer = Timer(say)
+@pytest.fixture(scope="module")
+def images(engine: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[tuple[Path, dict[str, str], Timer]]:
+    """The base image, Prometheus, the tier image (one for every node) and the orchestrator,
+    built once from a copy of the work tree; yields (that copy, the engine's env, a timer)."""
+    timer = Timer(say(request))
     env = engine
-    base = "edgebed/base:bookworm"
-    run(["bash", str(REPO / "docker" / "base-image.sh"), base], env, timeout_s=1200)
+    run(["bash", str(REPO / "docker" / "base-image.sh"), BASE], env, timeout_s=1200)
     timer.mark("base image (debootstrap, cached tarball)")
     # Prometheus from Debian's package (apt: network-bound) builds while pip builds the images
-    prom_image = f"edgebed/prometheus:{TAG}"
     prom_build = subprocess.Popen(
         ["docker", "build", "-q", "-f", str(REPO / "docker" / "prometheus.Dockerfile"),
-         "--build-arg", f"BASE_IMAGE={base}", "-t", prom_image, str(REPO / "docker")],
+         "--build-arg", f"BASE_IMAGE={BASE}", "-t", PROM_IMAGE, str(REPO / "docker")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx = build_context(tmp_path_factory.mktemp("ctx") / "edgebed")
+    (ctx / ".env").write_text(f"EDGEBED_TAG={TAG}\nEDGEBED_BASE_IMAGE={BASE}\n")
+    compose = ["docker-compose", "--project-directory", str(ctx), "-f",
+               str(ctx / "docker-compose.yml")]
+    cenv = {k: v for k, v in env.items() if not k.startswith(("COMPOSE_", "EDGEBED_"))}
+    # every node's service names the same tier image: building one builds it for all
+    for service in ("mcu", "orchestrator"):
+        run([*compose, "build", service], cenv, timeout_s=1200)
+    out, _ = prom_build.communicate(timeout=900)
+    assert prom_build.returncode == 0, f"prometheus image build failed:\n{out[-3000:]}"
+    timer.mark("build the tier and orchestrator images (+ prometheus in parallel)")
+    sizes = {}
+    for name in ("tier", "orchestrator"):
+        out = run(["docker", "image", "inspect", "--format", "{{.Size}}",
+                   f"edgebed/{name}:{TAG}"], env)
+        sizes[name] = int(out.strip())
+    timer.say("[compose e2e] image sizes (MB): "
+              + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in sizes.items()))
+    assert sizes["tier"] <= TIER_MAX_BYTES, f"tier image {sizes['tier'] / 1e6:.0f} MB > 300 MB"
+    yield ctx, env, timer
+    total = sum(d for _, d in timer.phases)
+    timer.say(f"[compose e2e] total {total:.1f} s: "
+              + "; ".join(f"{p} {d:.0f} s" for p, d in timer.phases))
 
-    ctx = build_context(tmp_path / "edgebed")
-    ports = {k: _free_port() for k in ("mcu", "edge", "cloud", "PROMETHEUS", "ORCHESTRATOR",
-                                       "LINKS", "GRAFANA")}
+
+def run_stack(ctx: Path, env: dict[str, str], timer: Timer, compose_file: str, project: str,
+              nodes: list[str], check: Callable[[Path, dict[str, int]], None]) -> None:
+    """``up`` the compose file (Grafana's profile off, free host ports for ``nodes`` and the
+    stack), wait for the orchestrator's run, ``check`` it, ``down -v``."""
+    ports = {re.sub(r"[^A-Z0-9]", "_", n.upper()): _free_port() for n in nodes}
+    ports.update({k: _free_port() for k in ("PROMETHEUS", "ORCHESTRATOR", "LINKS", "GRAFANA")})
     dotenv = {
-        "COMPOSE_PROJECT_NAME": PROJECT,
+        "COMPOSE_PROJECT_NAME": project,
         "COMPOSE_PROFILES": "",  # no Grafana image here (laptop-only)
         "EDGEBED_TAG": TAG,
-        "EDGEBED_BASE_IMAGE": base,
-        "EDGEBED_PROMETHEUS_IMAGE": prom_image,
+        "EDGEBED_BASE_IMAGE": BASE,
+        "EDGEBED_PROMETHEUS_IMAGE": PROM_IMAGE,
         "EDGEBED_N": str(N_REQUESTS),
         "EDGEBED_LINK_BACKEND": "auto",
         **{f"EDGEBED_{k}_PORT": str(v) for k, v in ports.items()},
         "EDGEBED_CLOUD_CPUS": str(min(2.0, float(os.cpu_count() or 1))),
     }
     (ctx / ".env").write_text("".join(f"{k}={v}\n" for k, v in dotenv.items()))
-    compose = ["docker-compose", "--project-directory", str(ctx), "-f",
-               str(ctx / "docker-compose.yml")]
+    compose = ["docker-compose", "--project-directory", str(ctx), "-f", str(ctx / compose_file)]
     cenv = {k: v for k, v in env.items() if not k.startswith(("COMPOSE_", "EDGEBED_"))}
-
-    for service in ("mcu", "edge", "cloud", "orchestrator"):  # in turn: tiers share layers
-        run([*compose, "build", service], cenv, timeout_s=1200)
-    out, _ = prom_build.communicate(timeout=900)
-    assert prom_build.returncode == 0, f"prometheus image build failed:\n{out[-3000:]}"
-    timer.mark("build mcu, edge, cloud, orchestrator images (+ prometheus in parallel)")
-    sizes = {}
-    for name in ("mcu", "edge", "cloud", "orchestrator"):
-        out = run(["docker", "image", "inspect", "--format", "{{.Size}}",
-                   f"edgebed/{name}:{TAG}"], env)
-        sizes[name] = int(out.strip())
-    say("[compose e2e] image sizes (MB): "
-        + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in sizes.items()))
-    for tier in ("mcu", "edge", "cloud"):
-        assert sizes[tier] <= TIER_MAX_BYTES, f"{tier} image {sizes[tier] / 1e6:.0f} MB > 300 MB"
-
+    runs = ctx / "runs"
+    before = set(runs.glob("*/DONE"))
     try:
         run([*compose, "up", "-d"], cenv, timeout_s=UP_TIMEOUT_S)
-        timer.mark("up (tiers healthy, orchestrator started)")
-        runs = ctx / "runs"
+        timer.mark(f"{compose_file}: up (nodes healthy, orchestrator started)")
         deadline = time.monotonic() + UP_TIMEOUT_S
         done: list[Path] = []
         while not done:
-            done = list(runs.glob("*/DONE"))
+            done = [d for d in runs.glob("*/DONE") if d not in before]
             cid = run([*compose, "ps", "-q", "orchestrator"], cenv).strip()
             state = run(["docker", "inspect", "--format", "{{.State.Status}}", cid],
                         env).strip() if cid else "missing"
-            if state in ("exited", "dead") or time.monotonic() > deadline:
+            if not done and (state in ("exited", "dead") or time.monotonic() > deadline):
                 logs = run([*compose, "logs", "--no-color", "--tail", "80"], cenv)
                 raise AssertionError(f"orchestrator {state}, no finished run:\n{logs}")
             time.sleep(1)
-        timer.mark(f"experiment run in the orchestrator container (n={N_REQUESTS})")
-        run_dir = done[0].parent
-        check_run(run_dir, ports, env)
-        timer.mark("checks: records, Prometheus totals, dashboard queries")
+        timer.mark(f"{compose_file}: experiment run in the orchestrator container "
+                   f"(n={N_REQUESTS})")
+        check(done[0].parent, ports)
+        timer.mark(f"{compose_file}: checks (records, links, Prometheus, dashboard queries)")
     finally:
         subprocess.run([*compose, "down", "-v", "--timeout", "10"], env=cenv,
                        capture_output=True, timeout=300, check=False)
-        timer.mark("down")
-    total = sum(d for _, d in timer.phases)
-    say(f"[compose e2e] total {total:.1f} s: "
-        + "; ".join(f"{p} {d:.0f} s" for p, d in timer.phases))
+        timer.mark(f"{compose_file}: down")
 
 
-def check_run(run_dir: Path, ports: dict[str, int], env: dict[str, str]) -> None:
+@pytest.mark.timeout(1800)
+def test_compose_stack_end_to_end(images: tuple[Path, dict[str, str], Timer]) -> None:
+    """The committed docker-compose.yml (experiments/seed.yaml): three nodes one link away,
+    the backend auto picks for this kernel."""
+    ctx, env, timer = images
+
+    def check(run_dir: Path, ports: dict[str, int]) -> None:
+        info, _ = check_run(run_dir, ports, expected_backend())
+        assert {r["link"] for r in info["link_fidelity"]} == {
+            "device-mcu", "device-edge", "device-cloud"}
+
+    run_stack(ctx, env, timer, "docker-compose.yml", PROJECT, ["mcu", "edge", "cloud"], check)
+
+
+@pytest.mark.timeout(1800)
+def test_rendered_hierarchy_crosses_every_hop(images: tuple[Path, dict[str, str], Timer]) -> None:
+    """``edgebed compose render`` of experiments/hierarchical.yaml (device → edge-1 → regional
+    → cloud) on the real engine: the link proxy chains the hops (tc, where the kernel has it,
+    is refused with the reason), every request crosses each hop of its node's path once (the
+    proxy's counters per pass), run.json holds each path's fidelity and records.csv each
+    record's path."""
+    ctx, env, timer = images
+    out = "docker-compose.hierarchical.yml"
+    subprocess.run([sys.executable, "-m", "orchestrator.cli", "compose", "render", "--config",
+                    "experiments/hierarchical.yaml", "--out", out], cwd=ctx, check=True,
+                   capture_output=True, text=True)
+    hops = {"mcu": ["device-mcu"], "edge-1": ["device-edge-1"],
+            "regional": ["device-edge-1", "edge-1-regional"],
+            "cloud": ["device-edge-1", "edge-1-regional", "regional-cloud"]}
+
+    def check(run_dir: Path, ports: dict[str, int]) -> None:
+        info, records = check_run(run_dir, ports, "proxy")
+        if expected_backend() == "tc":  # auto found netem, and refused it for the paths
+            assert "cannot chain a path's hops" in info["link_backend"]["reason"]
+        assert info["topology"]["nodes"]["cloud"]["path"] == hops["cloud"]
+        reports = {r["link"]: r for r in info["link_fidelity"]}
+        assert {k: r["kind"] for k, r in reports.items()} == {
+            "device-mcu": "link", "device-edge-1": "link", "path-regional": "path",
+            "path-cloud": "path"}
+        assert reports["path-cloud"]["configured"]["mean_ms"] == pytest.approx(48.0)
+        # records name the path of the node that answered
+        for r in records:
+            assert r["path"] == ">".join(hops[r["node"]]), r
+        assert {r["node"] for r in records if r["policy"] == "always_cloud"} == {"cloud"}
+        regional = [p for p in info["policies"] if "regional" in p]
+        assert {r["node"] for r in records if r["policy"] in regional} == {"regional"}
+        # each hop drew one delay per attempt crossing it, pass by pass (the proxy's counters);
+        # device-mcu (rtt_range_ms [0, 0]) draws none: the proxy forwards it at once and counts
+        # the chunks it forwarded
+        observed = info["observed"]
+        zero = {"device-mcu"}
+
+        def kind(hop: str) -> str:
+            return "chunks" if hop in zero else "messages"
+
+        marks = [f"start {p}" for p in info["policies"]] + ["end"]
+        for start, end in itertools.pairwise(marks):
+            policy = start.removeprefix("start ")
+            want = dict.fromkeys(sorted({h for hs in hops.values() for h in hs}), 0)
+            for r in records:
+                if r["policy"] == policy:
+                    for route in r["attempts"].split(">"):
+                        for h in hops[route.split("/")[0]]:
+                            want[h] += 1
+            got = {h: observed[end][h]["up"][kind(h)] - observed[start][h]["up"][kind(h)]
+                   for h in want}
+            for h in zero:  # a chunk or more per attempt, none without
+                got[h] = want[h] if got[h] >= want[h] and (got[h] > 0) == (want[h] > 0) \
+                    else got[h]
+            assert got == want, (policy, got, want)
+
+    run_stack(ctx, env, timer, out, f"{PROJECT}-hier", list(hops), check)
+
+
+@pytest.mark.timeout(1800)
+def test_rendered_multi_edge_sends_from_every_device(
+        images: tuple[Path, dict[str, str], Timer]) -> None:
+    """``edgebed compose render`` of experiments/multi-edge.yaml on the real engine: 24
+    devices in three cells, five nodes (one a GPU); every device's requests are recorded under
+    its id and group, each cell reaches the nodes through its own link and paths, and the
+    fidelity report covers the cells' links and paths. The congested cell may see its edge's
+    queue fill (503, ``overloaded``): recorded, nothing lost."""
+    ctx, env, timer = images
+    out = "docker-compose.multi-edge.yml"
+    subprocess.run([sys.executable, "-m", "orchestrator.cli", "compose", "render", "--config",
+                    "experiments/multi-edge.yaml", "--out", out], cwd=ctx, check=True,
+                   capture_output=True, text=True)
+    nodes = ["edge-1", "edge-2", "edge-3", "cloud", "gpu-1"]
+
+    def check(run_dir: Path, ports: dict[str, int]) -> None:
+        info, records = check_run(run_dir, ports, "proxy", devices=24,
+                                  outcomes=("ok", "overloaded"))
+        for policy in info["policies"]:
+            mine = [r for r in records if r["policy"] == policy]
+            assert len({r["device"] for r in mine}) == 24, policy
+            assert {r["group"] for r in mine} == {"cell-1", "cell-2", "cell-3"}
+        near = {(r["group"], r["node"]) for r in records if r["policy"] == "nearest"}
+        assert near == {("cell-1", "edge-1"), ("cell-2", "edge-2"), ("cell-3", "edge-3")}
+        gpu = {r["path"] for r in records if r["node"] == "gpu-1"}
+        assert gpu == {f"cell-{i}-up>edge-{i}-cloud>cloud-gpu-1" for i in (1, 2, 3)}
+        kinds = {r["link"]: r["kind"] for r in info["link_fidelity"]}
+        assert kinds["cell-3-up"] == "link" and kinds["path-cell-3-edge-1"] == "path"
+        assert len(kinds) == 11, kinds  # 3 access links + 8 paths (cell-3 reaches 2 more edges)
+        assert (run_dir / "summary_groups.csv").exists()
+
+    run_stack(ctx, env, timer, out, f"{PROJECT}-multi", nodes, check)
+
+
+def check_run(run_dir: Path, ports: dict[str, int], backend: str, devices: int = 1,
+              outcomes: tuple[str, ...] = ("ok",)) -> tuple[dict, list[dict[str, str]]]:
+    """Every record answered (or one of ``outcomes``), the link backend, each link's or path's
+    fidelity, Prometheus totals equal to the records (every node scraped), every dashboard
+    query with data."""
     info = json.loads((run_dir / "run.json").read_text())
     with (run_dir / "records.csv").open() as f:
         records = list(csv.DictReader(f))
     policies = info["policies"]
-    assert len(records) == N_REQUESTS * len(policies), (len(records), policies)
-    bad = [r for r in records if r["outcome"] != "ok"]
+    assert len(records) == N_REQUESTS * devices * len(policies), (len(records), policies)
+    bad = [r for r in records if r["outcome"] not in outcomes]
     assert not bad, f"{len(bad)} records not ok, e.g. {bad[0]}"
     assert (run_dir / "summary.csv").exists()
 
-    # links: the backend auto picked, with its reason, and a fidelity report per link
-    backend = info["link_backend"]["backend"]
-    assert backend == expected_backend(), info["link_backend"]
+    # links: the backend auto picked, with its reason, and a fidelity report per link or path
+    assert info["link_backend"]["backend"] == backend, info["link_backend"]
     assert info["link_backend"]["reason"]
-    fidelity = info["link_fidelity"]
-    assert set(fidelity) == {"device-mcu", "device-edge", "device-cloud"}, fidelity
-    for name, rep in fidelity.items():
+    assert info["link_fidelity"], info.get("link_fidelity_error")
+    for rep in info["link_fidelity"]:
         assert "error" not in rep, rep
         cfg_mean, ach = rep["configured"]["mean_ms"], rep["achieved"]
         tol = 5 * ach["std_ms"] / math.sqrt(rep["n"]) + 3.0
         assert abs(ach["mean_ms"] - cfg_mean) <= tol, (
-            f"{name}: configured mean RTT {cfg_mean:.1f} ms, achieved {ach['mean_ms']:.1f} ms "
-            f"(tolerance {tol:.1f} ms)")
+            f"{rep['link']}: configured mean RTT {cfg_mean:.1f} ms, achieved "
+            f"{ach['mean_ms']:.1f} ms (tolerance {tol:.1f} ms)")
 
     prom = f"http://127.0.0.1:{ports['PROMETHEUS']}"
     with httpx.Client(timeout=10, trust_env=False) as client:
@@ -302,6 +426,9 @@ def check_run(run_dir: Path, ports: dict[str, int], env: dict[str, str]) -> None
             want_j = sum(float(r["system_energy_mj"]) for r in records
                          if r["policy"] == p) / 1e3
             assert energy[p] == pytest.approx(want_j, rel=1e-6, abs=1e-9), (p, energy, want_j)
+        # every node was found and scraped (DNS discovery of the nodes' network alias)
+        scraped = {r["metric"]["tier"] for r in prom_query(client, prom, "edgebed_tier_ready")}
+        assert scraped == set(info["topology"]["nodes"]), scraped
         attempts = sum(int(r["n_attempts"]) for r in records)
         tier_total = sum(float(r["value"][1]) for r in prom_query(
             client, prom, "sum(edgebed_requests_total)"))
@@ -317,3 +444,4 @@ def check_run(run_dir: Path, ports: dict[str, int], env: dict[str, str]) -> None
             if not any(math.isfinite(v) for v in values):
                 empty.append(f"{title}: {expr}")
         assert not empty, "panels without data:\n" + "\n".join(empty)
+    return info, records
