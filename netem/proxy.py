@@ -132,6 +132,8 @@ class LoopTimer:
         self.lead_s = 0.0  # EWMA of how late wake-ups are; releases happen this much earlier
         self._fd = -1
         self._libc: Any = None
+        self._dispatching = False  # inside _on_timerfd's release loop
+        self._after: list[Callable[[], None]] = []  # deferred to the end of that loop
         self._thread: threading.Thread | None = None
         self._cond = threading.Condition()
         self._stop = False
@@ -174,6 +176,16 @@ class LoopTimer:
             if self._heap[0][0] == when:
                 self._cond.notify()
 
+    def after_dispatch(self, cb: Callable[[], None]) -> None:
+        """Call ``cb`` once the due releases of the current timer wake-up are written and
+        their lateness sampled (now, outside a wake-up), so work it triggers (the next hop of a
+        path reading what a release wrote) neither delays other due releases nor inflates the
+        learned lead."""
+        if self._dispatching:
+            self._after.append(cb)
+        else:
+            cb()
+
     def _arm(self, when: float) -> None:
         ns = max(1, int(when * 1e9))
         spec = _Itimerspec(_Timespec(0, 0), _Timespec(ns // 1_000_000_000, ns % 1_000_000_000))
@@ -186,18 +198,26 @@ class LoopTimer:
         armed, self._armed = self._armed, None
         now = time.monotonic()
         first = True
-        while self._heap and self._heap[0][0] <= now + EARLY_S:
-            _, _, cb = heapq.heappop(self._heap)
-            cb()
-            now = time.monotonic()
-            if first and armed is not None and not self.spinning:
-                # lateness of the first callback's work (the release's write), relative to the
-                # armed instant: the wake-up lag plus the loop's dispatch, cancelled next time
-                late = min(max(now - armed, 0.0), MAX_LEAD_S)
-                self.lead_s += LEAD_GAIN * (late - self.lead_s)
-            first = False
+        self._dispatching = True
+        try:
+            while self._heap and self._heap[0][0] <= now + EARLY_S:
+                _, _, cb = heapq.heappop(self._heap)
+                cb()
+                now = time.monotonic()
+                if first and armed is not None and not self.spinning:
+                    # lateness of the first callback's work (the release's write), relative to
+                    # the armed instant: the wake-up lag plus the loop's dispatch, cancelled
+                    # next time
+                    late = min(max(now - armed, 0.0), MAX_LEAD_S)
+                    self.lead_s += LEAD_GAIN * (late - self.lead_s)
+                first = False
+        finally:
+            self._dispatching = False
         if self._heap:
             self._arm(self._heap[0][0])
+        after, self._after = self._after, []
+        for cb in after:
+            cb()
 
     def _thread_run(self) -> None:
         with self._cond:
@@ -269,6 +289,8 @@ class _Listener:
     key: str  # the config key it serves, for errors: links.NAME or paths.NAME.hops[i]
     link: LinkRuntime
     target: str  # host:port
+    internal: bool = False  # a path's later hop: only the previous hop's listener dials it
+    dials_internal: bool = False  # its target is the next hop's internal listener
     server: asyncio.base_events.Server | None = None
     address: tuple[str, int] | None = None
 
@@ -319,9 +341,11 @@ class _Pipe:
         self.armed_for: float | None = None
         self.src: _Side | None = None  # the side this direction reads from
         self.dst: asyncio.Transport | None = None
+        self.dst_side: _Side | None = None  # the side owning ``dst``
         self.finish: str | None = None  # "eof" or "close" once the source is done
         self.paused_src = False
         self.pending: list[bytes] = []  # released before the destination connected
+        self.eof_sent = False  # the source's EOF was passed on (write_eof) to the destination
 
     def _write(self, data: bytes) -> None:
         if self.dst is None:
@@ -329,9 +353,32 @@ class _Pipe:
         elif not self.dst.is_closing():
             self.dst.write(data)
 
-    def attach(self, dst: asyncio.Transport) -> None:
+    def _hand_over(self) -> None:
+        """After writing to a socket whose other end is a listener of this same proxy (the
+        next hop of a path, or on the way back the previous one), read that end now.
+
+        On loopback a write has reached the peer socket (and its kernel arrival stamp is
+        taken) when ``send`` returns; reading it at once, instead of in the event loop's next
+        iteration, saves each chained hop a pass through the selector. The peer hop still
+        reads it from its own socket with its own stamp and shapes it with its own law: only
+        the wait for the next loop iteration goes."""
+        side = self.dst_side
+        peer = side.peer if side is not None else None
+        if peer is None or peer.reader is None or self.dst is None:
+            return
+        if self.dst.get_write_buffer_size():
+            return  # not all of it reached the socket: the loop reads it when it does
+        timer = self.conn.proxy.timer
+        if timer is not None:
+            timer.after_dispatch(peer.reader.read_ready)
+        else:
+            peer.reader.read_ready()
+
+    def attach(self, side: _Side) -> None:
         """Set the destination and flush anything released before it existed."""
-        self.dst = dst
+        assert side.transport is not None
+        self.dst = dst = side.transport
+        self.dst_side = side
         for data in self.pending:
             dst.write(data)
         self.pending.clear()
@@ -349,6 +396,7 @@ class _Pipe:
             self.m_chunks.inc()
             self.m_delay.observe(0.0)
             self._write(data)
+            self._hand_over()
             return
         rng = self.link.rng[self.direction]
         rate = spec.rate_bytes_per_s
@@ -398,11 +446,13 @@ class _Pipe:
         timer = self.conn.proxy.timer
         now = time.monotonic()
         horizon = now + EARLY_S + (timer.lead_s if timer is not None else 0.0)
+        wrote = False
         while self.queue and self.queue[0][0] <= horizon:
             _, part, arrival = self.queue.popleft()
             self.queued_bytes -= len(part)
             self.m_delay.observe(max(0.0, now - arrival))
             self._write(part)
+            wrote = True
         if self.paused_src and self.queued_bytes < LOW_WATER_BYTES and self.src is not None:
             self.paused_src = False
             self.src.resume_reading()
@@ -410,6 +460,8 @@ class _Pipe:
             self._arm()
         else:
             self._maybe_finish()
+        if wrote:
+            self._hand_over()
 
     def end(self, how: str) -> None:
         self.finish = how
@@ -421,6 +473,10 @@ class _Pipe:
             return
         if self.finish == "eof" and self.dst.can_write_eof():
             self.dst.write_eof()
+            self.eof_sent = True
+            other = self.conn.down if self is self.conn.up else self.conn.up
+            if other.eof_sent:  # both directions ended: nothing more can cross, close both
+                self.conn.close()  # sockets (else they stayed open until the proxy stopped)
         else:
             self.dst.close()
 
@@ -470,6 +526,13 @@ class _StampedReader:
         if self.sock.fileno() >= 0:
             self.sock.close()
 
+    def read_ready(self) -> None:
+        """Read now what the socket holds, as the event loop would when it reports it
+        readable (a hand-over from the hop writing to it; nothing happens if nothing is there
+        or reading is paused)."""
+        if not self.paused and not self.done:
+            self._on_readable()
+
     def _on_readable(self) -> None:
         try:
             data, anc, _, _ = self.sock.recvmsg(READ_BYTES, _CMSG_SPACE)
@@ -507,6 +570,8 @@ class _Side(asyncio.Protocol):
         self.name = name  # "client" or "target"
         self.transport: asyncio.Transport | None = None
         self.reader: _StampedReader | None = None
+        self.peer: _Side | None = None  # this proxy's side at the other end of its socket
+        self.peer_key: tuple[Any, ...] | None = None  # while waiting for that side to appear
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -543,6 +608,7 @@ class _Side(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.reader is not None:
             self.reader.close()
+        self.conn.proxy.unpair(self)
         self.conn.lost(self)
 
     def pause_writing(self) -> None:  # our transport is full: stop reading the other side
@@ -557,10 +623,13 @@ class _Side(asyncio.Protocol):
 
 
 class _Connection:
-    def __init__(self, proxy: LinkProxySet, link: LinkRuntime, target: str) -> None:
+    def __init__(self, proxy: LinkProxySet, link: LinkRuntime, target: str, *,
+                 internal: bool = False, dials_internal: bool = False) -> None:
         self.proxy = proxy
         self.link = link
         self.target_address = target  # host:port: the link's target or a path's next hop
+        self.internal = internal  # accepted by a path's internal listener (hop 2, 3, ...)
+        self.dials_internal = dials_internal  # its target is the next hop's internal listener
         self.loop = asyncio.get_running_loop()
         self.client: _Side | None = None
         self.target: _Side | None = None
@@ -584,12 +653,16 @@ class _Connection:
             self.link.metrics.connections.labels(self.link.name).inc()
             self.link.metrics.open_connections.labels(self.link.name).inc()
             self.up.src = side
-            self.down.attach(side.transport)
+            self.down.attach(side)
+            if self.internal:  # the previous hop's dialled side is the other end
+                self.proxy.pair(side, side.transport.get_extra_info("peername"))
             self.proxy.spawn(self._connect())
         else:
             assert side.transport is not None and self.client is not None
             self.down.src = side
-            self.up.attach(side.transport)
+            self.up.attach(side)
+            if self.dials_internal:  # the next hop's accepted side is the other end
+                self.proxy.pair(side, side.transport.get_extra_info("sockname"))
             if self.closed or self.client.transport is None or self.client.transport.is_closing():
                 side.transport.close()  # the client left while we were connecting
                 return
@@ -614,6 +687,12 @@ class _Connection:
                 self.link.metrics.open_connections.labels(self.link.name).dec()
         else:
             self.down.end("close")
+
+    def close(self) -> None:
+        """Close both sockets once their buffered bytes are written."""
+        for side in (self.client, self.target):
+            if side is not None and side.transport is not None:
+                side.transport.close()
 
     def abort(self) -> None:
         for side in (self.client, self.target):
@@ -653,6 +732,33 @@ class LinkProxySet:
         self.control_address: tuple[str, int] | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._unpaired: dict[Any, _Side] = {}  # loopback address -> side awaiting its peer
+
+    def pair(self, side: _Side, address: Any) -> None:
+        """Record that ``side``'s socket is one end of the loopback connection ``address``
+        (the dialling end's local address) between two chained hops of a path; once both ends
+        are known each is the other's ``peer`` (see :meth:`_Pipe._hand_over`)."""
+        if not isinstance(address, tuple):
+            return
+        key = tuple(address[:2])
+        other = self._unpaired.pop(key, None)
+        if other is None or other.name == side.name:  # (a stale entry: replaced)
+            if other is not None:
+                other.peer_key = None
+            self._unpaired[key] = side
+            side.peer_key = key
+        else:  # one dialled ("target") end, one accepted ("client") end
+            side.peer, other.peer = other, side
+            other.peer_key = None
+
+    def unpair(self, side: _Side) -> None:
+        key = side.peer_key
+        if key is not None and self._unpaired.get(key) is side:
+            del self._unpaired[key]
+        side.peer_key = None
+        if side.peer is not None:
+            side.peer.peer = None
+            side.peer = None
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -693,7 +799,8 @@ class LinkProxySet:
         host, port = parse_hostport(listen, key="listen")
 
         def factory() -> asyncio.Protocol:
-            return _Connection(self, listener.link, listener.target).client_protocol()
+            return _Connection(self, listener.link, listener.target, internal=listener.internal,
+                               dials_internal=listener.dials_internal).client_protocol()
 
         try:
             server = await loop.create_server(factory, host, port, reuse_address=True)
@@ -726,7 +833,8 @@ class LinkProxySet:
             for i in range(len(path.hops) - 1, -1, -1):
                 key = (f"paths.{path.name}.listen" if i == 0 else
                        f"paths.{path.name}.hops[{i}] (internal listener)")
-                listener = _Listener(key, path.hops[i], target)
+                listener = _Listener(key, path.hops[i], target, internal=i > 0,
+                                     dials_internal=i < len(path.hops) - 1)
                 await self._listen(listener, (path.spec.listen or "127.0.0.1:0") if i == 0
                                    else "127.0.0.1:0")
                 assert listener.address is not None

@@ -27,12 +27,14 @@ def write_tier_config(exp: Experiment, name: str, config_dir: Path) -> Path:
 
 
 def tier_argv(python: str, name: str, config_path: Path, port: int) -> list[str]:
-    """``edgebed serve`` for one tier on loopback (pure: no side effects)."""
+    """``edgebed serve`` for one tier on loopback (pure: no side effects). It runs the tier's
+    own entry point (``python -m services.tier``, the same options), which imports only the
+    tier: through ``orchestrator.cli`` every node also carried every command's modules (pandas,
+    aiohttp, ...), ~37 MiB more per node (``bench/bench_scale.py``)."""
     return [
         python,
         "-m",
-        "orchestrator.cli",
-        "serve",
+        "services.tier",
         "--tier",
         name,
         "--config",

@@ -340,6 +340,71 @@ def test_three_hop_path_bytes_intact_under_jitter() -> None:
     run(_with_path(links, {"p": {"hops": ["a", "b", "c"], "target": "ECHO"}}, body))
 
 
+def test_chained_hops_cost_no_extra_pass_through_the_event_loop() -> None:
+    """A hop writing into the next hop's internal listener hands the bytes over at once: a
+    3-hop zero-delay path takes as many selector passes per round trip as a 1-hop one (it took
+    4 more, one per internal hop and direction, when each hop waited for the loop to report
+    the next socket readable), the internal ends are paired, and closing unpairs them."""
+    links = {"a": {"src": "device", "dst": "e"}, "b": {"src": "e", "dst": "r"},
+             "c": {"src": "r", "dst": "cloud"}}
+    paths = {"p1": {"hops": ["a"], "target": "ECHO"},
+             "p3": {"hops": ["a", "b", "c"], "target": "ECHO"}}
+
+    async def passes_per_round_trip(proxies: Any, name: str) -> float:
+        selector = getattr(asyncio.get_running_loop(), "_selector", None)
+        if selector is None:
+            pytest.skip("the event loop has no selector to count passes of")
+        calls = [0]
+        select = selector.select
+
+        def counting(timeout: float | None = None) -> Any:
+            calls[0] += 1
+            return select(timeout)
+
+        reader, writer = await asyncio.open_connection(*proxies.address(name))
+        try:
+            for _ in range(5):  # connected through every hop
+                writer.write(b"x" * 64)
+                await reader.readexactly(64)
+            selector.select = counting
+            for _ in range(50):
+                writer.write(b"x" * 64)
+                await reader.readexactly(64)
+        finally:
+            selector.select = select
+            writer.close()
+        return calls[0] / 50
+
+    async def all_closed(proxies: Any) -> None:
+        for _ in range(200):
+            if not any(proxies.links[h].connections for h in links):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("connections left open")
+
+    async def body(proxies: Any, _: str) -> None:
+        one = await passes_per_round_trip(proxies, "p1")
+        three = await passes_per_round_trip(proxies, "p3")
+        assert three <= one + 0.5, (one, three)
+        await all_closed(proxies)
+        assert not proxies._unpaired
+        # while a connection is open its internal ends know each other, the public ends not
+        reader, writer = await asyncio.open_connection(*proxies.address("p3"))
+        writer.write(b"y" * 10)
+        assert await reader.readexactly(10) == b"y" * 10
+        conns = {hop: next(iter(proxies.links[hop].connections)) for hop in links}
+        assert conns["a"].client.peer is None and conns["c"].target.peer is None
+        assert conns["a"].target.peer is conns["b"].client
+        assert conns["b"].target.peer is conns["c"].client
+        writer.close()
+        await writer.wait_closed()
+        await all_closed(proxies)
+        assert not proxies._unpaired
+        assert conns["a"].target.peer is None and conns["b"].client.peer is None
+
+    run(_with_path(links, paths, body))
+
+
 def test_path_start_errors_name_the_key() -> None:
     async def go() -> None:
         links = {"a": {"src": "device", "dst": "e"}, "b": {"src": "e", "dst": "r"}}

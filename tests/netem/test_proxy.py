@@ -304,6 +304,29 @@ def test_half_close_is_forwarded_after_delayed_data() -> None:
     run(_with_links({"slow-up": {"up": {"delay_ms": 30}}}, body))
 
 
+def test_connections_closed_by_both_ends_release_their_sockets() -> None:
+    """Once both directions have passed their EOF on, the proxy closes both sockets: before,
+    every connection its client closed stayed open (two sockets) until the proxy stopped."""
+    async def body(proxies: Any, _: str) -> None:
+        fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+        for _ in range(30):
+            reader, writer = await asyncio.open_connection(*proxies.address("d"))
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            writer.close()
+            await writer.wait_closed()
+        for _ in range(300):
+            if not proxies.links["d"].connections:
+                break
+            await asyncio.sleep(0.01)
+        assert not proxies.links["d"].connections
+        assert _sample(proxies, "edgebed_link_open_connections", link="d") == 0
+        if fds is not None:
+            assert len(os.listdir("/proc/self/fd")) <= fds + 2
+
+    run(_with_links({"d": {"up": {"delay_ms": 2}}}, body))
+
+
 def test_many_concurrent_connections_keep_their_own_streams() -> None:
     async def body(proxies: Any, _: str) -> None:
         async def one(i: int) -> bool:

@@ -114,7 +114,7 @@ def test_tier_config_file_keeps_the_sections_removals(tmp_path: Path) -> None:
     cfg = load_tier_config("mcu", path, use_env=False)
     assert cfg.served_models == exp.tiers["mcu"].served_models == ["tinycnn", "int8"]
     argv = stack_tiers.tier_argv("python3", "mcu", path, 8123)
-    assert argv[:5] == ["python3", "-m", "orchestrator.cli", "serve", "--tier"]
+    assert argv[:4] == ["python3", "-m", "services.tier", "--tier"]
     assert argv[argv.index("--config") + 1] == str(path)
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--port") + 1] == "8123"
