@@ -12,8 +12,12 @@
 3. Virtual time: the same device streams and policies through a simulated executor on
    ``VirtualTimeLoop`` (no HTTP), to separate the orchestrator's own cost per request from
    the HTTP path's.
+4. The local stack at scale (``edgebed up`` + a run): ``--stack-nodes`` nodes (10: four edges,
+   two each of cloud, gpu, npu) and ``--stack-devices`` devices (100, in four cells, one per
+   edge, each behind its own access link; backhauls to the cloud site), two policies. Prints
+   the stack's start time, RSS per node, the run's records and outcomes.
 
-    python bench/bench_devices.py [--devices 10] [--nodes 2] [--quick]
+    python bench/bench_devices.py [--devices 10] [--nodes 2] [--quick] [--no-stack]
 
 One orchestrator process, ``--nodes`` node processes on the same 2-core machine: the figures
 say what one host does with client and servers sharing its cores. ``--node-kind tier`` (the
@@ -174,6 +178,73 @@ def start_responders(n: int, answer: bytes, stack: contextlib.ExitStack) -> dict
     return urls
 
 
+def scale_experiment(n_devices: int, per_device: int) -> Any:
+    """Four cells of devices, each behind its own edge; a cloud site with two clouds, two GPUs
+    and two NPUs behind 20-40 ms backhauls (10 nodes)."""
+    edges = [f"edge-{i}" for i in range(1, 5)]
+    site = ["cloud-1", "cloud-2", "gpu-1", "gpu-2", "npu-1", "npu-2"]
+    tiers: dict[str, Any] = {e: {"class": "edge", "device_time": "profile"} for e in edges}
+    tiers.update({n: {"class": n.split("-")[0]} for n in site})
+    links: dict[str, Any] = {}
+    devices: dict[str, Any] = {}
+    for i, edge in enumerate(edges, 1):
+        count = n_devices // 4 + (1 if i <= n_devices % 4 else 0)
+        devices[f"cell-{i}"] = {"count": count, "attach": edge,
+                                "arrival": {"process": "poisson", "params": {"rate_rps": 2}}}
+        links[f"cell-{i}-up"] = {"src": f"cell-{i}", "dst": edge, "rtt_range_ms": [2, 6]}
+        links[f"{edge}-site"] = {"src": edge, "dst": "cloud-1", "rtt_range_ms": [20, 40]}
+    for n in site[1:]:
+        links[f"site-{n}"] = {"src": "cloud-1", "dst": n, "rtt_range_ms": [1, 1]}
+    return parse_experiment({
+        "name": "bench-stack-scale", "seeds": 5, "tiers": tiers, "devices": devices,
+        "links": links, "workload": {"n": per_device, "lm_ratio": 0},
+        "policies": ["least_loaded", {"name": "nearest", "params": {"node_class": "npu",
+                                                                   "cv_model": "int8"}}],
+        "replay": {"concurrency": 256, "progress": False}})
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def stack_scale(n_devices: int, per_device: int) -> None:
+    from orchestrator.stack import manager
+    from orchestrator.stack.demo import run_on_stack
+
+    exp = scale_experiment(n_devices, per_device)
+    with tempfile.TemporaryDirectory(prefix="bench-stack-") as d:
+        state_dir = Path(d) / "state"
+        t0 = time.perf_counter()
+        state = manager.up(exp, state_dir, prometheus="off")
+        up_s = time.perf_counter() - t0
+        try:
+            tiers = [p for p in state.processes if p.kind == "tier"]
+            links = [p for p in state.processes if p.kind == "link"]
+            result, _ = run_on_stack(exp, state, Path(d) / "run", progress=False, plots=False,
+                                     log=lambda _: None)
+            rss = {p.name: rss_mib(p.pid) for p in tiers}
+            proxy_rss = sum(rss_mib(p.pid) for p in links)
+        finally:
+            manager.down(state_dir)
+    rec = result.records
+    print(f"\n[4] local stack: {len(exp.tiers)} nodes, {exp.n_devices()} devices in "
+          f"{len(exp.devices)} cells, {len(exp.links)} links; up in {up_s:.1f} s")
+    print("    RSS per node after the run (MiB): "
+          + ", ".join(f"{n} {v:.0f}" for n, v in rss.items())
+          + f"; mean {np.mean(list(rss.values())):.1f}, link proxy {proxy_rss:.0f}")
+    print(f"    {len(rec)} records ({rec['device'].nunique()} devices x {per_device} x "
+          f"{rec['policy'].nunique()} policies), outcomes "
+          f"{rec['outcome'].value_counts().to_dict()}, passes "
+          + ", ".join(f"{p.policy} {p.duration_s:.1f} s" for p in result.passes)
+          + "; per policy deadline met "
+          + ", ".join(f"{k} {v:.1f} %" for k, v in
+                      (rec.groupby('policy')['deadline_met'].mean() * 100).items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--devices", type=int, default=10)
@@ -188,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--node-kind", choices=("tier", "responder"), default="tier",
                    help="real tier processes, or minimal responders (the orchestrator's ceiling)")
     p.add_argument("--quick", action="store_true", help="5 s lag pass, two rate steps")
+    p.add_argument("--no-stack", action="store_true", help="skip [4], the local stack at scale")
+    p.add_argument("--stack-devices", type=int, default=100)
+    p.add_argument("--stack-per-device", type=int, default=10)
     args = p.parse_args(argv)
     if args.quick:
         args.duration_s, args.max_rate_rps = 5.0, args.start_rate_rps + args.step_rps
@@ -258,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n[3] virtual time, no HTTP: {len(res.records)} requests of {args.devices} devices "
           f"in {wall:.2f} s wall = {len(res.records) / wall:,.0f} req/s of orchestrator work "
           f"(workload, policy, records, CSV) per core")
+    if not args.no_stack:
+        stack_scale(args.stack_devices, args.stack_per_device)
     return 0
 
 
