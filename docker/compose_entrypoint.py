@@ -330,7 +330,7 @@ def run(settings: Settings) -> int:
     from orchestrator.experiment import load_experiment
     from orchestrator.metrics import OrchestratorMetrics
     from orchestrator.run import run_experiment
-    from orchestrator.stack.demo import link_counters, link_views, stack_run_info
+    from orchestrator.stack.demo import HopReader, link_counters, link_views, stack_run_info
     from orchestrator.stack.manager import wait_for_scrape
 
     exp = load_experiment(settings.experiment)
@@ -402,7 +402,9 @@ def run(settings: Settings) -> int:
         log(f"replaying {exp.workload.n} requests through {len(exp.policies)} policies")
         result = run_experiment(exp, run_dir, targets=links.targets, direct_targets=tier_urls,
                                 group_targets=links.state.group_target_urls,
-                                run_info=run_info, metrics=metrics, observe=observe)
+                                run_info=run_info, metrics=metrics, observe=observe,
+                                hops=HopReader(links.state.link_control_urls.get("links"))
+                                if links.backend == "proxy" else None)
         log(f"run directory {run_dir} ({len(result.records)} records)")
         print(result.summary.to_string(index=False), flush=True)
         if settings.prometheus_url:

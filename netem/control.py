@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import Body, FastAPI, Request
+from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -356,6 +356,17 @@ def create_control_app(links: LinkProxySet, token: str | None = None) -> FastAPI
         if name not in links.links:
             return unknown(name)
         return record_fidelity(name, report)
+
+    @app.get("/v1/hops")
+    def list_hops(after: int = Query(0, ge=0, description="sequence number already read"),
+                  limit: int = Query(50_000, ge=1, le=200_000)) -> dict[str, Any]:
+        """Per-hop times of tagged messages (requests carrying ``x-edgebed-attempt``, and
+        their answers): ``[seq, tag, link, direction, ms]`` rows, ms from the arrival of the
+        message's first byte at the hop to the write of its last byte. Rows of messages still
+        crossing are left for a later call; ``next`` is the ``after`` of that call."""
+        rows, last = links.hops_after(after, limit)
+        return {"next": last, "columns": ["seq", "tag", "link", "direction", "ms"],
+                "hops": rows}
 
     @app.get("/v1/paths", response_model=PathList)
     def list_paths() -> dict[str, Any]:

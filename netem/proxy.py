@@ -98,6 +98,9 @@ HIGH_WATER_BYTES = 4 * 1024 * 1024
 LOW_WATER_BYTES = 1024 * 1024
 MIN_SEGMENT_BYTES = 1448
 MESSAGE_GAP_S = 0.002  # chunks closer than this belong to one message: one delay draw
+HOP_LOG_MAX = 200_000  # most recent tagged messages kept for GET /v1/hops
+TAG_HEADER = b"\r\nx-edgebed-attempt:"  # the orchestrator's attempt tag in a request head
+TAG_SCAN_BYTES = 4096
 EARLY_S = 20e-6  # release a chunk this close to its time without another timer round
 MAX_LEAD_S = 300e-6  # at most this much wake-up lag is compensated
 LEAD_GAIN = 0.05
@@ -319,6 +322,38 @@ def _hostport_text(addr: tuple[str, int]) -> str:
     return f"{host}:{addr[1]}"
 
 
+def request_tag(data: bytes) -> str | None:
+    """The ``x-edgebed-attempt`` header's value when ``data`` starts an HTTP request head that
+    carries one (the orchestrator tags each attempt ``<request id>/<route>``), else None."""
+    head = data[:TAG_SCAN_BYTES]
+    i = head.lower().find(TAG_HEADER)
+    if i < 0:
+        return None
+    j = head.find(b"\r\n", i + len(TAG_HEADER))
+    value = head[i + len(TAG_HEADER): j if j >= 0 else len(head)].strip()
+    try:
+        return value.decode("ascii")[:200] or None
+    except UnicodeDecodeError:
+        return None
+
+
+class HopRecord:
+    """One tagged message crossing one hop: from the kernel's arrival stamp of its first byte
+    to the write of its last byte (the drawn delay, rate shaping, and this proxy's own
+    lateness)."""
+
+    __slots__ = ("arrival", "direction", "done", "link", "seq", "tag")
+
+    def __init__(self, seq: int, tag: str, link: str, direction: str, arrival: float) -> None:
+        self.seq, self.tag, self.link, self.direction = seq, tag, link, direction
+        self.arrival = arrival
+        self.done = float("nan")
+
+    def as_row(self) -> list[Any]:
+        return [self.seq, self.tag, self.link, self.direction,
+                round((self.done - self.arrival) * 1e3, 4)]
+
+
 class _Pipe:
     """One direction of one connection: delays, shapes and forwards chunks in order."""
 
@@ -333,7 +368,9 @@ class _Pipe:
         self.m_drawn = m.drawn.labels(self.link.name, direction)
         self.m_messages = m.messages.labels(self.link.name, direction)
         self.m_delay = m.delay.labels(self.link.name, direction)
-        self.queue: collections.deque[tuple[float, bytes, float]] = collections.deque()
+        self.queue: collections.deque[tuple[float, bytes, float, HopRecord | None]] = \
+            collections.deque()
+        self.hop: HopRecord | None = None  # the tagged message being received
         self.queued_bytes = 0
         self.last_release = 0.0
         self.last_arrival = -1.0  # when the previous chunk arrived, and the draw it got
@@ -346,6 +383,18 @@ class _Pipe:
         self.paused_src = False
         self.pending: list[bytes] = []  # released before the destination connected
         self.eof_sent = False  # the source's EOF was passed on (write_eof) to the destination
+
+    def _hop_record(self, data: bytes, arrival: float) -> HopRecord | None:
+        """A hop record for a message that starts with ``data``: requests carry their attempt
+        tag; an answer belongs to the last request tagged on this connection."""
+        if self.direction == "up":
+            tag = request_tag(data)
+            self.conn.tag = tag
+        else:
+            tag = self.conn.tag
+        if tag is None:
+            return None
+        return self.conn.proxy.log_hop(tag, self.link.name, self.direction, arrival)
 
     def _write(self, data: bytes) -> None:
         if self.dst is None:
@@ -392,16 +441,22 @@ class _Pipe:
         now = time.monotonic() if arrival is None else arrival
         n = len(data)
         self.m_bytes.inc(n)
+        new_message = now - self.last_arrival >= MESSAGE_GAP_S
+        if new_message:
+            self.hop = self._hop_record(data, now)
         if not self.queue and spec.is_zero and spec.rate_mbit is None and not self.link.cut:
+            self.last_arrival = now
             self.m_chunks.inc()
             self.m_delay.observe(0.0)
             self._write(data)
+            if self.hop is not None:
+                self.hop.done = time.monotonic()
             self._hand_over()
             return
         rng = self.link.rng[self.direction]
         rate = spec.rate_bytes_per_s
         seg = n if rate is None else max(MIN_SEGMENT_BYTES, int(rate * 0.001))
-        if now - self.last_arrival >= MESSAGE_GAP_S:  # a new message: a new draw
+        if new_message:  # a new message: a new draw
             self.last_draw_ms = spec.sample_base_ms(rng)
             self.m_messages.inc()
             self.m_drawn.inc(self.last_draw_ms / 1000.0)
@@ -417,7 +472,7 @@ class _Pipe:
             if rate is not None:
                 release += len(part) / rate
             self.last_release = release
-            self.queue.append((release, part, now))
+            self.queue.append((release, part, now, self.hop))
             self.queued_bytes += len(part)
             self.m_chunks.inc()
         if self.queued_bytes > HIGH_WATER_BYTES and self.src is not None and not self.paused_src:
@@ -448,10 +503,12 @@ class _Pipe:
         horizon = now + EARLY_S + (timer.lead_s if timer is not None else 0.0)
         wrote = False
         while self.queue and self.queue[0][0] <= horizon:
-            _, part, arrival = self.queue.popleft()
+            _, part, arrival, hop = self.queue.popleft()
             self.queued_bytes -= len(part)
             self.m_delay.observe(max(0.0, now - arrival))
             self._write(part)
+            if hop is not None:
+                hop.done = time.monotonic()
             wrote = True
         if self.paused_src and self.queued_bytes < LOW_WATER_BYTES and self.src is not None:
             self.paused_src = False
@@ -636,6 +693,7 @@ class _Connection:
         self.up = _Pipe(self, "up")
         self.down = _Pipe(self, "down")
         self.closed = False
+        self.tag: str | None = None  # the attempt tag of the last request on this connection
 
     def client_protocol(self) -> _Side:
         self.client = _Side(self, "client")
@@ -733,6 +791,31 @@ class LinkProxySet:
         self._uvicorn: uvicorn.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unpaired: dict[Any, _Side] = {}  # loopback address -> side awaiting its peer
+        self.hop_log: collections.deque[HopRecord] = collections.deque(maxlen=HOP_LOG_MAX)
+        self._hop_seq = 0
+
+    def log_hop(self, tag: str, link: str, direction: str, arrival: float) -> HopRecord:
+        """Start the record of a tagged message crossing ``link`` (``GET /v1/hops``)."""
+        self._hop_seq += 1
+        rec = HopRecord(self._hop_seq, tag, link, direction, arrival)
+        self.hop_log.append(rec)
+        return rec
+
+    def hops_after(self, seq: int, limit: int) -> tuple[list[list[Any]], int]:
+        """Finished hop records with a sequence number above ``seq`` (at most ``limit``), and
+        the sequence number to ask after next time."""
+        out: list[list[Any]] = []
+        last = seq
+        for rec in self.hop_log:
+            if rec.seq <= seq:
+                continue
+            if rec.done != rec.done:  # not written out yet: stop here, ask again later
+                break
+            out.append(rec.as_row())
+            last = rec.seq
+            if len(out) >= limit:
+                break
+        return out, last
 
     def pair(self, side: _Side, address: Any) -> None:
         """Record that ``side``'s socket is one end of the loopback connection ``address``

@@ -133,7 +133,8 @@ def build_http_request(
 ) -> tuple[str, dict[str, str], bytes]:
     """``(kind, headers, body)`` of the HTTP request for ``route`` (pure)."""
     _, model = split_route(route)
-    headers = {"x-request-id": str(request.id)}
+    # x-edgebed-attempt tags the attempt for the link proxy's per-hop log (GET /v1/hops)
+    headers = {"x-request-id": str(request.id), "x-edgebed-attempt": f"{request.id}/{route}"}
     if host_lead_ms > 0:
         headers["x-edgebed-host-lead-ms"] = f"{host_lead_ms:.4f}"
     if request.kind == "cv":

@@ -49,6 +49,7 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "device_ms",
     "queue_ms",
     "send_lag_ms",
+    "hop_ms",
     "device_energy_mj",
     "system_energy_mj",
     "remote_energy_mj",
@@ -140,6 +141,7 @@ def make_record(
         "device_ms": sum(a.device_ms for a in attempts),
         "queue_ms": sum(a.queue_ms for a in attempts),
         "send_lag_ms": send_lag_ms,
+        "hop_ms": "",  # filled at the end of the run from the link proxy's hop log
         "device_energy_mj": energy.device_energy_mj,
         "system_energy_mj": energy.system_energy_mj,
         "remote_energy_mj": energy.remote_energy_mj,
@@ -178,6 +180,18 @@ class RecordWriter:
     def close(self) -> None:
         if not self._fh.closed:
             self._fh.close()
+
+    def rewrite(self) -> None:
+        """Write every row again (closed writer; after rows were completed at the end of the
+        run), atomically: a reader sees the old file or the new one."""
+        self.close()
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(RECORD_COLUMNS))
+            w.writeheader()
+            for row in self.rows:
+                w.writerow({k: _fmt(row.get(k)) for k in RECORD_COLUMNS})
+        tmp.replace(self.path)
 
     def __enter__(self) -> RecordWriter:
         return self
@@ -222,6 +236,7 @@ _STR_COLS = (
     "node",
     "node_class",
     "path",
+    "hop_ms",
     "attempts",
     "outcome",
     "phase",

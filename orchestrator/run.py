@@ -191,6 +191,33 @@ def write_run_dir(
 _NO_ENERGY = EnergyBreakdown(0.0, 0.0, 0.0)
 
 
+def fill_hop_times(rows: Sequence[dict[str, Any]], hop_rows: Sequence[tuple[str, list[Any]]],
+                   out: Path) -> None:
+    """Write ``hops.csv`` (policy, id, route, link, direction, ms: one row per tagged message
+    per hop) and set each record's ``hop_ms``: ``{link: [up_ms, down_ms]}`` of its final
+    route's attempt, in path order (JSON)."""
+    import csv
+
+    per: dict[tuple[str, str], dict[str, list[float]]] = {}
+    with out.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["policy", "id", "route", "link", "direction", "ms"])
+        for policy, (_, tag, link, direction, ms) in hop_rows:
+            rid, _, route = str(tag).partition("/")
+            w.writerow([policy, rid, route, link, direction, ms])
+            both = per.setdefault((policy, str(tag)), {}).setdefault(link, [0.0, 0.0])
+            both[0 if direction == "up" else 1] += float(ms)
+    for row in rows:
+        if not row.get("route"):
+            continue
+        by_link = per.get((row["policy"], f"{row['id']}/{row['route']}"))
+        if by_link:
+            order = [h for h in str(row.get("path", "")).split(">") if h in by_link]
+            order += [h for h in by_link if h not in order]
+            row["hop_ms"] = json.dumps({h: [round(v, 3) for v in by_link[h]] for h in order},
+                                       separators=(",", ":"))
+
+
 def _fill_unsent(exp_labels: Sequence[str], requests: Sequence[Any], passes: list[PassStats],
                  sink: Callable[[dict[str, Any], Sequence[Attempt]], None]) -> int:
     """Record every request of every pass that was never sent as ``not_sent``; returns how many."""
@@ -229,6 +256,7 @@ async def arun_experiment(
     group_targets: Mapping[str, Mapping[str, str]] | None = None,
     executor: Executor | None = None,
     clock: Clock | None = None,
+    hops: Callable[[], list[list[Any]]] | None = None,
 ) -> RunResult:
     """Replay the experiment's workload through each policy; write and return the results.
 
@@ -244,7 +272,9 @@ async def arun_experiment(
     ``group_targets``: per device group, node name → URL (the listeners of that group's
     links), over ``targets``. ``executor`` and ``clock`` replace the HTTP executor and the wall
     clock (``orchestrator.executor``): a simulated executor on virtual time runs the same
-    workload, policies, records and summary.
+    workload, policies, records and summary. ``hops()`` (blocking) returns the link proxy's
+    new per-hop rows (``[seq, tag, link, direction, ms]``, ``GET /v1/hops``); called before each
+    pass and at the end, its rows fill ``hops.csv`` and the records' ``hop_ms``.
     """
     exp = as_experiment(experiment)
     urls = normalise_targets({k.lower(): v for k, v in (targets or DEFAULT_TARGETS).items()})
@@ -308,6 +338,22 @@ async def arun_experiment(
 
     host_lead_notes: dict[str, str] = {}
     observed: dict[str, Any] = {}
+    hop_rows: list[tuple[str, list[Any]]] = []  # (policy, row) of the link proxy's hop log
+    hop_state: dict[str, Any] = {"pass": None, "error": None}
+
+    async def drain_hops(next_pass: str | None) -> None:
+        """Rows logged since the last call belong to the pass that just ran (none before the
+        first pass: calibration and probes carry no attempt tag)."""
+        if hops is None:
+            return
+        try:
+            rows = await loop.run_in_executor(None, hops)
+        except Exception as exc:  # the hop log is extra: it must not cost the run
+            hop_state["error"] = f"{type(exc).__name__}: {exc}"
+            rows = []
+        if hop_state["pass"] is not None:
+            hop_rows.extend((hop_state["pass"], r) for r in rows)
+        hop_state["pass"] = next_pass
 
     async def mark(key: str) -> None:
         if observe is not None:
@@ -331,6 +377,7 @@ async def arun_experiment(
         elif lead != "off":
             leads = {tier: float(lead) for tier in urls}
         await mark(f"start {label}")
+        await drain_hops(label)
         return leads
 
     def on_event(ev: AppliedEvent) -> None:
@@ -354,8 +401,12 @@ async def arun_experiment(
         interrupted = True
     finally:
         await mark("end")
+        await drain_hops(None)
         n_unsent = _fill_unsent(labels, requests, passes_done, sink)
         writer.close()
+        if hop_rows:
+            fill_hop_times(writer.rows, hop_rows, run_dir / "hops.csv")
+            writer.rewrite()
         if controller is not None and exp.scenario:
             with contextlib.suppress(Exception):
                 await loop.run_in_executor(None, controller.reset)
@@ -387,6 +438,10 @@ async def arun_experiment(
                 for p in passes_done
             ],
             "scenario_events": [e.as_dict() for e in events],
+            "hop_log": ({"rows": len(hop_rows), "file": "hops.csv"} if hop_rows
+                        else {"rows": 0, "note": hop_state["error"] or (
+                            "no per-hop log: no link proxy in the path (direct or tc)"
+                            if hops is not None else "not collected by this run")}),
             "observed": observed,
         }
     )

@@ -63,6 +63,30 @@ def link_counters(state: StackState) -> dict[str, Any]:
     return out
 
 
+class HopReader:
+    """New rows of the link proxy's per-hop log (``GET /v1/hops``) at each call: ``[seq, tag,
+    link, direction, ms]``, each row once (blocking; an empty list without a proxy)."""
+
+    def __init__(self, control_url: str | None) -> None:
+        self.control_url = control_url
+        self.after = 0
+
+    def __call__(self) -> list[list[Any]]:
+        if not self.control_url:
+            return []
+        import httpx
+
+        rows: list[list[Any]] = []
+        with httpx.Client(timeout=10, trust_env=False) as client:
+            while True:
+                got = client.get(f"{self.control_url}/v1/hops",
+                                 params={"after": self.after}).json()
+                rows += got["hops"]
+                if got["next"] == self.after or not got["hops"]:
+                    return rows
+                self.after = got["next"]
+
+
 def state_links(state: StackState) -> list[str]:
     """The link names the stack's proxy serves (from its topology file)."""
     import yaml
@@ -167,6 +191,7 @@ def run_on_stack(
             exp, out_dir, targets=state.target_urls, direct_targets=state.tier_urls,
             group_targets=state.group_target_urls, controller=LocalStackController(exp, state), run_info=run_info, plots=plots,
             metrics=metrics, log=log, observe=lambda: link_counters(state),
+            hops=HopReader(state.link_control_urls.get("links")),
         )
         _record_links_at_end(result.run_dir, state)
         if wait_scrape and state.prometheus_url and state.orchestrator_metrics_port:

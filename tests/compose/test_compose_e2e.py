@@ -311,9 +311,11 @@ def test_rendered_hierarchy_crosses_every_hop(images: tuple[Path, dict[str, str]
             "device-mcu": "link", "device-edge-1": "link", "path-regional": "path",
             "path-cloud": "path"}
         assert reports["path-cloud"]["configured"]["mean_ms"] == pytest.approx(48.0)
-        # records name the path of the node that answered
+        # records name the path of the node that answered, and each hop's time on it (the
+        # proxy's hop log)
         for r in records:
             assert r["path"] == ">".join(hops[r["node"]]), r
+            assert list(json.loads(r["hop_ms"])) == hops[r["node"]], r["hop_ms"]
         assert {r["node"] for r in records if r["policy"] == "always_cloud"} == {"cloud"}
         regional = [p for p in info["policies"] if "regional" in p]
         assert {r["node"] for r in records if r["policy"] in regional} == {"regional"}

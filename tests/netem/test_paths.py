@@ -461,3 +461,42 @@ def test_jittered_path_fidelity_against_the_convolved_law() -> None:
     assert rep["configured"]["mean_ms"] == pytest.approx(28.0, abs=1e-3)
     assert rep["mean_ok"], (rep["achieved"]["mean_ms"], rep["expected_mean_ms"])
     assert rep["ks_ok"], (rep["ks_statistic"], rep["ks_pvalue"])
+
+
+def test_tagged_requests_get_per_hop_times() -> None:
+    """A request head carrying ``x-edgebed-attempt`` (the orchestrator tags every attempt)
+    is logged at every hop it crosses, and so is its answer: the hop log (``GET /v1/hops``'s
+    rows) gives each hop's own time, 10 and 20 ms here each way; untagged traffic is not
+    logged; the log hands out each row once (``next``)."""
+    from netem.proxy import request_tag
+
+    assert request_tag(b"POST /v1/infer HTTP/1.1\r\nX-Edgebed-Attempt: 7/edge/fp32\r\n\r\n") \
+        == "7/edge/fp32"
+    assert request_tag(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n") is None
+    links = {"a": {"src": "device", "dst": "e1", "delay_ms": 10},
+             "b": {"src": "e1", "dst": "reg", "delay_ms": 20}}
+    paths = {"p": {"hops": ["a", "b"], "listen": "127.0.0.1:0", "target": "ECHO"}}
+
+    async def body(proxies: Any, target: str) -> None:
+        host, port = proxies.address("p")
+        reader, writer = await asyncio.open_connection(host, port)
+        for i in range(3):
+            msg = (f"POST /v1/infer HTTP/1.1\r\nx-edgebed-attempt: {i}/reg/fp32\r\n"
+                   "content-length: 0\r\n\r\n").encode()
+            writer.write(msg)
+            await reader.readexactly(len(msg))  # the echo is the "answer"
+            await asyncio.sleep(0.01)
+        writer.write(b"untagged\r\n")
+        await reader.readexactly(10)
+        writer.close()
+        rows, last = proxies.hops_after(0, 1000)
+        assert len(rows) == 3 * 2 * 2, rows  # 3 requests x 2 hops x 2 directions
+        for tag in ("0/reg/fp32", "1/reg/fp32", "2/reg/fp32"):
+            mine = {(r[2], r[3]): r[4] for r in rows if r[1] == tag}
+            assert set(mine) == {("a", "up"), ("a", "down"), ("b", "up"), ("b", "down")}
+            for (link, _), ms in mine.items():
+                want = 10.0 if link == "a" else 20.0
+                assert want - 0.5 <= ms <= want + 5.0, (tag, link, ms)
+        assert proxies.hops_after(last, 1000) == ([], last)
+
+    run(_with_path(links, paths, body))
