@@ -216,6 +216,12 @@ class PathList(BaseModel):
     paths: dict[str, PathView]
 
 
+class HopLog(BaseModel):
+    next: int
+    columns: list[str]
+    hops: list[list[int | float | str]]  # [seq, tag, link, direction, ms]
+
+
 def link_view(link: LinkRuntime) -> dict[str, Any]:
     spec = link.spec
     return {
@@ -357,7 +363,7 @@ def create_control_app(links: LinkProxySet, token: str | None = None) -> FastAPI
             return unknown(name)
         return record_fidelity(name, report)
 
-    @app.get("/v1/hops")
+    @app.get("/v1/hops", response_model=HopLog, responses=_errors(422))
     def list_hops(after: int = Query(0, ge=0, description="sequence number already read"),
                   limit: int = Query(50_000, ge=1, le=200_000)) -> dict[str, Any]:
         """Per-hop times of tagged messages (requests carrying ``x-edgebed-attempt``, and
