@@ -80,11 +80,18 @@ def test_kernel_rate_shaping_between_namespaces(veth_pair: dict[str, str], qdisc
              else tc.build_htb_rate_argvs(env["dev_a"], RATE_MBIT))
     for argv in argvs:
         tc.run_argv(tc.in_netns(argv, env["ns_a"]))
-    res = _measure(env)
     # the qdisc meters whole Ethernet frames: 1448 B of payload per 1514 B frame (TCP timestamps)
     payload_mbit = RATE_MBIT * PAYLOAD_PER_FRAME
-    print(f"{qdisc}: configured {RATE_MBIT} Mbit/s on the wire = {payload_mbit:.3f} Mbit/s of "
-          f"TCP payload; measured {res['rate_mbit']:.3f} Mbit/s")
+    for attempt in (1, 2):
+        # a sender or echo process descheduled for longer than the bucket's 32 ms of tokens
+        # leaves the qdisc idle (measured once: 6.77 Mbit/s with the host at load 3); a rate
+        # the qdisc really gets wrong misses again, a host stall does not come back on cue
+        res = _measure(env)
+        print(f"{qdisc} attempt {attempt}: configured {RATE_MBIT} Mbit/s on the wire = "
+              f"{payload_mbit:.3f} Mbit/s of TCP payload; measured {res['rate_mbit']:.3f} "
+              f"Mbit/s (load average {os.getloadavg()[0]:.2f})")
+        if 0.95 * payload_mbit <= res["rate_mbit"] <= 1.05 * payload_mbit:
+            break
     assert 0.95 * payload_mbit <= res["rate_mbit"] <= 1.05 * payload_mbit, res
     # unshaped: clearly faster, so the qdisc (not the hosts) set the rate above
     tc.clear(env["dev_a"], netns=env["ns_a"])
