@@ -2,7 +2,8 @@
 
 ``edgebed models eval`` prints, per model, accuracy on the committed easy and hard sets and the
 median invoke time; ``--check`` exits 1 when a file's sha256 or any accuracy differs from
-``models/manifest.json``.
+``models/manifest.json``. The research models (``research`` in the manifest: segments,
+multi-exit, variants, multi-scale) are recomputed by :mod:`models.research` the same way.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def evaluate_model(path: Path, eval_set: dict[str, np.ndarray]) -> dict[str, Any
     return out
 
 
-def main(check: bool = False, as_json: bool = False) -> int:
+def main(check: bool = False, as_json: bool = False, research: bool = True,
+         write_timings: bool = False) -> int:
     manifest = load_manifest()
     eval_set = load_eval_set()
     rows = []
@@ -88,8 +90,14 @@ def main(check: bool = False, as_json: bool = False) -> int:
         for key in ("correct_easy", "correct_hard", "accuracy_easy_pct", "accuracy_hard_pct"):
             if got[key] != want[key]:
                 problems.append(f"{name}: {key} = {got[key]}, manifest says {want[key]}")
+    figures: dict[str, Any] = {}
+    if research and "research" in manifest:
+        from models import research as rs
+
+        figures = rs.research_figures(manifest["research"], eval_set, models_dir())
+        problems += rs.compare(manifest["research"], figures)
     if as_json:
-        print(json.dumps({"models": rows, "problems": problems}, indent=2))
+        print(json.dumps({"models": rows, "research": figures, "problems": problems}, indent=2))
     else:
         print(f"{'model':8} {'bytes':>7} {'input':>7} {'easy %':>7} {'hard %':>7} "
               f"{'manifest easy/hard %':>21} {'invoke µs':>9}")
@@ -99,5 +107,20 @@ def main(check: bool = False, as_json: bool = False) -> int:
                   f"{r['accuracy_easy_pct']:>7.2f} {r['accuracy_hard_pct']:>7.2f} "
                   f"{want['accuracy_easy_pct']:>10.2f}/{want['accuracy_hard_pct']:<10.2f} "
                   f"{r['median_invoke_us']:>9.1f}")
+        if figures:
+            from models.research_report import research_tables
+
+            print()
+            print(research_tables(figures))
         print("matches manifest" if not problems else "DIFFERS from manifest:\n  " + "\n  ".join(problems))
+    if write_timings:
+        if problems:
+            print("not writing timings: the files differ from the manifest")
+            return 1
+        if figures:
+            from models import research as rs
+
+            rs.merge(manifest["research"], figures)
+            manifest_path().write_text(json.dumps(manifest, indent=2) + "\n")
+            print(f"wrote this host's invoke times into {manifest_path()}")
     return 1 if (check and problems) else 0

@@ -8,7 +8,9 @@ Models (names follow the teaching simulator):
 - ``tinycnn`` — an MCU-class CNN, full-integer INT8, well under half of ``int8``'s file.
 
 Seeded and reproducible (``keras.utils.set_random_seed`` + op determinism). Run with
-``edgebed models train --mnist PATH`` (needs the ``train`` extra).
+``edgebed models train --mnist PATH`` (needs the ``train`` extra). The research models cut from
+and built beside these (segments, multi-exit, variants, multi-scale) come from
+:mod:`models.training.research` (``edgebed models research``).
 """
 
 from __future__ import annotations
@@ -225,6 +227,12 @@ def main(args: argparse.Namespace) -> int:
         if name not in names:  # kept model: refresh its figures on this evaluation set
             entry.update(describe_model(out / f"{name}.tflite"))
             entry.update(evaluate_model(out / f"{name}.tflite", eval_set))
+    if (out / "manifest.json").exists():  # keep the research section: `models eval --check`
+        old = json.loads((out / "manifest.json").read_text())  # flags it if a cut model changed
+        if "research" in old:
+            manifest["research"] = old["research"]
+            print("kept the manifest's research section; rerun `edgebed models research` "
+                  "after retraining fp32 or int8")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     print(f"wrote {out / 'manifest.json'}")
     return 0

@@ -84,6 +84,20 @@ def test_eval_command_reproduces_manifest_without_tensorflow() -> None:
         want = manifest["models"][row["model"]]
         assert row["accuracy_easy_pct"] == want["accuracy_easy_pct"]
         assert row["accuracy_hard_pct"] == want["accuracy_hard_pct"]
+    # The research models' figures were recomputed too (and agreed: problems is empty).
+    research, want_r = report["research"], manifest["research"]
+    for part in ("segments", "multi_exit", "variants", "multiscale"):
+        assert research[part], f"eval did not recompute research.{part}"
+    for name, entry in want_r["segments"].items():
+        got = [(c["correct_easy"], c["correct_hard"]) for c in research["segments"][name]["cuts"]]
+        assert got == [(c["correct_easy"], c["correct_hard"]) for c in entry["cuts"]], name
+    for name, entry in want_r["variants"].items():
+        assert research["variants"][name]["accuracy_hard_pct"] == entry["accuracy_hard_pct"], name
+    for name, entry in want_r["multiscale"].items():
+        assert research["multiscale"][name]["accuracy_hard_pct"] == entry["accuracy_hard_pct"], name
+    for p in ("fp32", "int8"):
+        got_exits = [e["correct_hard"] for e in research["multi_exit"][p]["exits"]]
+        assert got_exits == [e["correct_hard"] for e in want_r["multi_exit"][p]["exits"]], p
 
 
 def test_hard_images_are_harder_and_confidence_lower() -> None:
