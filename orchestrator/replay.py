@@ -7,9 +7,9 @@ concurrency window, a slow event loop) shows up as latency instead of hiding it.
 stream runs closed loop, like the simulator: its device sends the next request when the
 previous one finished (devices run side by side). Attempts go through an executor and time
 comes from a clock (``orchestrator.executor``: HTTP and the wall clock today; a simulated
-executor on virtual time runs the same code). Every request ends as exactly one record, whatever happened to it (refused,
-abandoned, 503, dropped connection, a policy bug, Ctrl-C while in flight: outcome
-``cancelled``). Records are handed to subscribers (CSV writer, metrics, progress bar) as they
+executor on virtual time runs the same code). Every request ends as exactly one record,
+whatever happened to it (refused, abandoned, 503, dropped connection, a policy bug, Ctrl-C
+while in flight: outcome ``cancelled``). Records are handed to subscribers (CSV writer, metrics, progress bar) as they
 finish. A scenario timeline runs beside each pass (``orchestrator.scenario``).
 """
 
