@@ -13,13 +13,14 @@ segments), the bytes are used as they are; otherwise they are requantized (and
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
+
+from models.runtime import median_invoke_time_us
 
 PROBABILITIES = "probabilities"
 FEATURES = "features"
@@ -163,14 +164,7 @@ class Segment:
 
     def median_invoke_us(self, x: np.ndarray, n: int = 300) -> float:
         """Median wall time of one invoke on input ``x`` (after 20 warm-up invokes), in µs."""
-        for _ in range(20):
-            self.invoke_only(x)
-        samples = []
-        for _ in range(n):
-            t0 = time.perf_counter_ns()
-            self.invoke_only(x)
-            samples.append(time.perf_counter_ns() - t0)
-        return round(float(np.median(samples)) / 1000.0, 1)
+        return median_invoke_time_us(lambda: self.invoke_only(x), n)
 
 
 class Chain:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from models.paths import eval_set_path, manifest_path, models_dir
-from models.runtime import LiteRTModel
+from models.runtime import LiteRTModel, median_invoke_time_us
 
 MODEL_NAMES = ("fp32", "int8", "tinycnn")
 TIMING_INVOKES = 300
@@ -47,14 +46,7 @@ def describe_model(path: Path) -> dict[str, Any]:
 
 def median_invoke_us(model: LiteRTModel, image: np.ndarray, n: int = TIMING_INVOKES) -> float:
     x = model.prepared(image)
-    for _ in range(20):
-        model.invoke_only(x)
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter_ns()
-        model.invoke_only(x)
-        samples.append(time.perf_counter_ns() - t0)
-    return round(float(np.median(samples)) / 1000.0, 1)
+    return median_invoke_time_us(lambda: model.invoke_only(x), n)
 
 
 def evaluate_model(path: Path, eval_set: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,3 +127,17 @@ class LiteRTModel:
     def prepared(self, image: np.ndarray) -> np.ndarray:
         """The input tensor LiteRT receives for ``image`` (uint8 0–255 or float 0–1)."""
         return self._input_tensor(image)
+
+
+def median_invoke_time_us(invoke: Callable[[], object], n: int, warmup: int = 20) -> float:
+    """Median wall time of ``invoke()`` over ``n`` calls after ``warmup`` calls, in µs (one
+    decimal): how the manifest's invoke times are measured."""
+    for _ in range(warmup):
+        invoke()
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        invoke()
+        samples.append(time.perf_counter_ns() - t0)
+    return round(float(np.median(samples)) / 1000.0, 1)
+

@@ -308,6 +308,14 @@ def device_seeds(seeds: Seeds, index: int) -> Seeds:
 
 
 # ------------------------------------------------------------------------------ experiment
+def _check_names(what: str, section: dict[Any, Any]) -> None:
+    """Raise naming the keys of ``section`` that are not valid node or group names."""
+    bad = [k for k in section if not (isinstance(k, str) and re.match(NODE_NAME_PATTERN, k))]
+    if bad:
+        raise ValueError(f"{what} names must be lower case letters, digits, '-' or '_' "
+                         f"(1-32, starting with a letter), got {bad}")
+
+
 def _default_tiers() -> dict[str, Any]:
     return {name: {} for name in TIER_NAMES}
 
@@ -356,10 +364,7 @@ class Experiment(BaseModel):
     def _group_names(cls, v: Any) -> Any:
         if not isinstance(v, dict):
             return v
-        bad = [k for k in v if not (isinstance(k, str) and re.match(NODE_NAME_PATTERN, k))]
-        if bad:
-            raise ValueError(f"device group names must be lower case letters, digits, '-' or "
-                             f"'_' (1-32, starting with a letter), got {bad}")
+        _check_names("device group", v)
         return {k: ({} if sec is None else sec) for k, sec in v.items()}
 
     @field_validator("seeds", mode="before")
@@ -374,10 +379,7 @@ class Experiment(BaseModel):
     def _merge_tier_sections(cls, v: Any) -> Any:
         if not isinstance(v, dict):
             return v
-        bad = [k for k in v if not (isinstance(k, str) and re.match(NODE_NAME_PATTERN, k))]
-        if bad:
-            raise ValueError(f"node names must be lower case letters, digits, '-' or '_' "
-                             f"(1-32, starting with a letter), got {bad}")
+        _check_names("node", v)
         if DEVICE in v:
             raise ValueError(f"{DEVICE!r} names the default device group, not a node")
         if not v:

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from orchestrator.stack.state import default_state_dir
 
@@ -73,19 +74,29 @@ def _config(args: argparse.Namespace) -> Path:
     return args.config if args.config is not None else default_experiment_path()
 
 
-def _up(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace, command: str) -> Any:
+    """The experiment of ``--config`` with ``--plugin`` modules imported first; None after
+    printing the config errors as ``edgebed <command>: ...``."""
     from orchestrator.experiment import ExperimentError, import_plugins, load_experiment
-    from orchestrator.stack import manager
-    from orchestrator.stack.state import StateError
 
     config = _config(args)
     try:
         problems = import_plugins(args.plugin, "--plugin")
         if problems:
             raise ExperimentError(str(config), problems)
-        exp = load_experiment(config)
+        return load_experiment(config)
     except ExperimentError as exc:
-        print(f"edgebed up: {exc}", file=sys.stderr)
+        print(f"edgebed {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def _up(args: argparse.Namespace) -> int:
+    from orchestrator.stack import manager
+    from orchestrator.stack.state import StateError
+
+    config = _config(args)
+    exp = _load(args, "up")
+    if exp is None:
         return 2
     try:
         state = manager.up(
@@ -175,17 +186,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _compose_render(args: argparse.Namespace) -> int:
-    from orchestrator.experiment import ExperimentError, import_plugins, load_experiment
     from orchestrator.stack.render import RenderError, experiment_path_in, render_text
 
     config = _config(args)
-    try:
-        problems = import_plugins(args.plugin, "--plugin")
-        if problems:
-            raise ExperimentError(str(config), problems)
-        exp = load_experiment(config)
-    except ExperimentError as exc:
-        print(f"edgebed compose render: {exc}", file=sys.stderr)
+    exp = _load(args, "compose render")
+    if exp is None:
         return 2
     project = args.project_dir or (args.out.parent if args.out is not None else Path.cwd())
     try:

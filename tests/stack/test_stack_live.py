@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from stack_testutil import SEED, processes_mentioning, quick_experiment
 
 from orchestrator.experiment import load_experiment
 from orchestrator.stack import manager
+from orchestrator.stack.demo import run_on_stack
 from orchestrator.stack.procs import StartError, is_running
 from orchestrator.stack.state import load_state
 
@@ -28,6 +30,17 @@ pytestmark = pytest.mark.slow
 def assert_nothing_running(state_dir: Path) -> None:
     left = processes_mentioning(str(state_dir))
     assert not left, f"processes still running for {state_dir}: {left}"
+
+
+def run_on_local_stack(exp: object, state_dir: Path, **kw: object) -> Any:
+    """``edgebed up`` of ``exp`` (no Prometheus), one run into ``state_dir/run``, ``down``."""
+    state = manager.up(exp, state_dir, prometheus="off")
+    try:
+        result, _ = run_on_stack(exp, state, state_dir / "run", progress=False, plots=False,
+                                 log=lambda _: None, **kw)
+    finally:
+        manager.down(state_dir)
+    return result
 
 
 @pytest.fixture
@@ -145,8 +158,6 @@ def test_failed_start_stops_what_was_started(tmp_path: Path, state_dir: Path) ->
 
 def test_poisson_arrivals_make_the_mcu_queue(state_dir: Path) -> None:
     """The second example: open-loop arrivals build a real queue at the single-slot MCU."""
-    from orchestrator.stack.demo import run_on_stack
-
     exp = load_experiment(REPO / "experiments" / "poisson-queueing.yaml")
     state = manager.up(exp, state_dir, prometheus="off")
     try:
@@ -175,16 +186,9 @@ def test_least_loaded_spreads_what_nearest_piles_on_one_edge(state_dir: Path) ->
     each. ``nearest`` sends everything to the closer node, which cannot keep up (60 req/s for
     ~45); ``least_loaded`` reads each node's reported load and its own in-flight requests and
     uses both, so it meets far more deadlines."""
-    from orchestrator.stack.demo import run_on_stack
-
     exp = load_experiment(REPO / "experiments" / "two-edges.yaml")
     exp = exp.with_overrides({"workload.n": 150})
-    state = manager.up(exp, state_dir, prometheus="off")
-    try:
-        result, _ = run_on_stack(exp, state, state_dir / "run", progress=False, plots=False,
-                                 log=lambda _: None)
-    finally:
-        manager.down(state_dir)
+    result = run_on_local_stack(exp, state_dir)
     rec = result.records
     met = rec.groupby("policy")["deadline_met"].mean() * 100
     nodes = {p: set(g.node) for p, g in rec.groupby("policy")}
@@ -204,8 +208,6 @@ def test_multi_edge_congested_cell_devices_and_paths(state_dir: Path) -> None:
     ``least_loaded`` meets far more deadlines than ``nearest``, which queues at edge-3."""
     import json
 
-    from orchestrator.stack.demo import run_on_stack
-
     # cells 1 and 2 send less than in the file (4 requests per device at 1 req/s) so the host
     # spends its cores on the congested cell: 8 devices x 8 req/s against edge-3's ~45 req/s
     quiet = {"workload": {"n": 4}, "arrival": {"process": "poisson", "params": {"rate_rps": 1}}}
@@ -213,12 +215,7 @@ def test_multi_edge_congested_cell_devices_and_paths(state_dir: Path) -> None:
         {"workload.n": 15, "policies": ["nearest", "least_loaded"],
          "devices.cell-1.workload": quiet["workload"], "devices.cell-1.arrival": quiet["arrival"],
          "devices.cell-2.workload": quiet["workload"], "devices.cell-2.arrival": quiet["arrival"]})
-    state = manager.up(exp, state_dir, prometheus="off")
-    try:
-        result, _ = run_on_stack(exp, state, state_dir / "run", progress=False, plots=False,
-                                 fidelity_probes=10, log=lambda _: None)
-    finally:
-        manager.down(state_dir)
+    result = run_on_local_stack(exp, state_dir, fidelity_probes=10)
     rec = result.records
     assert len(rec) == (16 * 4 + 8 * 15) * 2
     assert rec.groupby("policy")["device"].nunique().to_dict() == {"least_loaded": 24,
@@ -245,17 +242,10 @@ def test_hierarchy_crosses_every_hop_of_the_path(state_dir: Path) -> None:
     """experiments/hierarchical.yaml: the cloud is three links away (device -> edge-1 ->
     regional -> cloud). Every cloud request crosses each hop once (each hop link drew one delay
     per request), the records name the path, and the fidelity probe reports the path."""
-    from orchestrator.stack.demo import run_on_stack
-
     n = 20
     exp = load_experiment(REPO / "experiments" / "hierarchical.yaml").with_overrides(
         {"workload.n": n, "workload.lm_ratio": 0.0, "policies": ["always_cloud"]})
-    state = manager.up(exp, state_dir, prometheus="off")
-    try:
-        result, _ = run_on_stack(exp, state, state_dir / "run", progress=False, plots=False,
-                                 fidelity_probes=20, log=lambda _: None)
-    finally:
-        manager.down(state_dir)
+    result = run_on_local_stack(exp, state_dir, fidelity_probes=20)
     rec = result.records
     hops = ["device-edge-1", "edge-1-regional", "regional-cloud"]
     assert (rec.outcome == "ok").all() and len(rec) == n, rec.outcome.value_counts()
@@ -301,18 +291,11 @@ def test_failover_scenario_time_compressed(state_dir: Path) -> None:
 
     import yaml as _yaml
 
-    from orchestrator.stack.demo import run_on_stack
-
     doc = _yaml.safe_load((REPO / "experiments" / "failover.yaml").read_text())
     scenario = [{**ev, "at_s": ev["at_s"] / 6} for ev in doc["scenario"]]
     exp = load_experiment(REPO / "experiments" / "failover.yaml").with_overrides(
         {"arrival.params": {"rate_rps": 18}, "scenario": scenario})
-    state = manager.up(exp, state_dir, prometheus="off")
-    try:
-        result, _ = run_on_stack(exp, state, state_dir / "run", progress=False, plots=False,
-                                 log=lambda _: None)
-    finally:
-        manager.down(state_dir)
+    result = run_on_local_stack(exp, state_dir)
     rec = result.records
     info = json.loads((result.run_dir / "run.json").read_text())
     events = info["scenario_events"]
