@@ -55,6 +55,12 @@ class TensorMeta:
                 "zero_point": self.zero_point, "bytes": self.nbytes}
 
     @classmethod
+    def from_dict(cls, d: dict) -> TensorMeta:
+        """The inverse of :meth:`as_dict` (e.g. a segment's ``input`` in the manifest)."""
+        return cls(str(d["dtype"]), tuple(int(v) for v in d["shape"]), float(d.get("scale", 0.0)),
+                   int(d.get("zero_point", 0)))
+
+    @classmethod
     def from_details(cls, d: dict) -> TensorMeta:
         scale, zero = d["quantization"]
         return cls(np.dtype(d["dtype"]).name, tuple(int(v) for v in d["shape"]), float(scale),

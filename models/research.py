@@ -17,7 +17,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from models.chain import Chain, Segment, TensorMeta
-from models.runtime import LiteRTModel
+from models.runtime import LiteRTModel, resize_images
 
 SPLITS = ("easy", "hard")
 # Figures `edgebed models eval --check` insists on; timings vary by host and are not compared.
@@ -91,38 +91,6 @@ def weight_report(path: Path) -> dict[str, Any]:
     return {"weight_dtypes": sorted(dtypes),
             "weight_sparsity_pct": round(100.0 * zeros / total, 2) if total else 0.0,
             "unpacked_weight_bytes": unpacked}
-
-
-# --- images ---
-
-
-def _area_weights(size: int, source: int) -> np.ndarray:
-    """Integer overlap of output pixel i's interval with input pixel j's, in units of 1/size."""
-    w = np.zeros((size, source), dtype=np.int64)
-    for i in range(size):
-        lo, hi = i * source, (i + 1) * source  # output pixel i covers [lo, hi) / size
-        for j in range(source):
-            w[i, j] = max(0, min(hi, (j + 1) * size) - max(lo, j * size))
-    return w
-
-
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Area-average uint8 images (n, H, H) to (n, size, size), in exact integer arithmetic.
-
-    Output pixel = the mean of the input area it covers, rounded half up: the same on every
-    machine, so the variants' figures reproduce bit for bit.
-    """
-    arr = np.asarray(images, dtype=np.uint8)
-    single = arr.ndim == 2
-    arr = arr[None] if single else arr
-    source = arr.shape[-1]
-    if size == source:
-        return arr[0] if single else arr
-    w = _area_weights(size, source)
-    num = np.einsum("ij,njk,lk->nil", w, arr.astype(np.int64), w)
-    den = source * source
-    out = ((2 * num + den) // (2 * den)).astype(np.uint8)
-    return out[0] if single else out
 
 
 # --- scoring ---

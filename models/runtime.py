@@ -1,7 +1,11 @@
-"""Run a committed ``.tflite`` model with LiteRT (``ai-edge-litert``): input scaling, quantization, softmax.
+"""Run a committed ``.tflite`` model with LiteRT (``ai-edge-litert``): input scaling, resizing,
+quantization, softmax.
 
 One :class:`LiteRTModel` wraps one interpreter. LiteRT interpreters are not thread-safe, so
-every call takes the instance's lock; give each worker its own instance for parallelism.
+every call takes the instance's lock; give each worker its own instance for parallelism. A model
+whose input resolution is not 28×28 (the research variants: 14×14, 20×20) gets each 28×28 image
+area-averaged to its resolution first (:func:`resize_images`, exact integer arithmetic for uint8
+images: the same the variants were trained and evaluated with).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +43,50 @@ def to_unit_float(images: np.ndarray) -> np.ndarray:
     return arr.reshape(-1, *IMAGE_SHAPE)
 
 
+@cache
+def _area_weights(size: int, source: int) -> np.ndarray:
+    """Integer overlap of output pixel i's interval with input pixel j's, in units of 1/size
+    (computed once per pair of sizes; read-only)."""
+    w = np.zeros((size, source), dtype=np.int64)
+    for i in range(size):
+        lo, hi = i * source, (i + 1) * source  # output pixel i covers [lo, hi) / size
+        for j in range(source):
+            w[i, j] = max(0, min(hi, (j + 1) * size) - max(lo, j * size))
+    w.flags.writeable = False
+    return w
+
+
+def _area_sums(images: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+    """``(sums, den)``: each output pixel's area-weighted sum of the (n, H, H) input, and the
+    divisor that makes it the area mean (H²)."""
+    source = images.shape[-1]
+    w = _area_weights(size, source)
+    dtype = np.int64 if images.dtype.kind in "iu" else np.float64
+    return w @ images.astype(dtype) @ w.T, source * source
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Area-average uint8 images (n, H, H) to (n, size, size), in exact integer arithmetic.
+
+    Output pixel = the mean of the input area it covers, rounded half up: the same on every
+    machine, so the variants' figures reproduce bit for bit.
+    """
+    arr = np.asarray(images, dtype=np.uint8)
+    single = arr.ndim == 2
+    arr = arr[None] if single else arr
+    if size == arr.shape[-1]:
+        return arr[0] if single else arr
+    num, den = _area_sums(arr, size)
+    out = ((2 * num + den) // (2 * den)).astype(np.uint8)
+    return out[0] if single else out
+
+
+def _resize_unit_float(image: np.ndarray, size: int) -> np.ndarray:
+    """One float image (H, H) area-averaged to (size, size), not rounded."""
+    num, den = _area_sums(image[None], size)
+    return (num[0] / den).astype(np.float32)
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max()
     e = np.exp(z)
@@ -45,7 +94,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class LiteRTModel:
-    """A loaded LiteRT model classifying 28×28 digits."""
+    """A loaded LiteRT model classifying 28×28 digits (at its own input resolution)."""
 
     def __init__(self, path: str | Path, *, num_threads: int = 1) -> None:
         self.path = Path(path)
@@ -60,6 +109,7 @@ class LiteRTModel:
         self.output_dtype = np.dtype(out["dtype"])
         self.input_shape = tuple(int(d) for d in inp["shape"])
         self.input_quant = tuple(float(v) for v in inp["quantization"])  # (scale, zero_point)
+        self.resolution = self.input_shape[1]  # (1, H, W[, 1]): square images of side H
         self.output_quant = tuple(float(v) for v in out["quantization"])
         # uint8 pixels are the served path (binary bodies, the evaluation set): map each of the
         # 256 values once through the same scaling/quantization as float input.
@@ -78,10 +128,17 @@ class LiteRTModel:
         return x01.astype(self.input_dtype)
 
     def _input_tensor(self, image: np.ndarray) -> np.ndarray:
+        """The input tensor for one uint8 (0–255) or float (0–1) image: 28×28, area-averaged
+        to the model's resolution when that differs, or already at the model's resolution."""
         arr = np.asarray(image)
+        side = self.resolution
+        if arr.size != side * side:
+            arr = arr.reshape(IMAGE_SHAPE)
+            arr = (resize_images(arr, side) if arr.dtype == np.uint8
+                   else _resize_unit_float(arr.astype(np.float32), side))
         if arr.dtype == np.uint8:
             return self._uint8_lut[arr.reshape(self.input_shape)]
-        return self._prepare_flat(to_unit_float(arr)[0].reshape(self.input_shape))
+        return self._prepare_flat(arr.astype(np.float32).reshape(self.input_shape))
 
     def _dequantize(self, raw: np.ndarray) -> np.ndarray:
         out = raw.reshape(-1).astype(np.float64)

@@ -15,8 +15,9 @@ from services.tier.config import TierConfig
 from services.tier.errors import install_error_handlers
 from services.tier.intake import RequestIntake
 from services.tier.metrics import UNKNOWN_MODEL
-from services.tier.routes import calibrate, generate, health, infer, metrics, models
+from services.tier.routes import calibrate, chain, generate, health, infer, metrics, models
 from services.tier.runtime import TierRuntime
+from services.tier.schemas import ChainTensorAnswer
 
 DESCRIPTION = (
     "One edgebed tier: real LiteRT inference on MNIST digits; device time (profile mode), "
@@ -55,14 +56,15 @@ def create_app(
         max_body_bytes=tier_config.max_body_bytes,
         on_refused=lambda: runtime.metrics.count(UNKNOWN_MODEL, "client_error"),
     )
-    for router in (health.router, infer.router, generate.router, models.router, metrics.router,
-                   calibrate.router):
+    for router in (health.router, infer.router, chain.router, generate.router, models.router,
+                   metrics.router, calibrate.router):
         app.include_router(router)
-    # The hot paths: /v1/infer reads its query, header and body by hand, and /v1/status needs
-    # nothing, so both are also mounted as plain Starlette routes ahead of FastAPI's (which stay
-    # for the OpenAPI document); this skips FastAPI's per-request dependency solving, ~20 % of
-    # a request's CPU.
+    # The hot paths: /v1/infer and /v1/chain read their query, headers and body by hand, and
+    # /v1/status needs nothing, so they are also mounted as plain Starlette routes ahead of
+    # FastAPI's (which stay for the OpenAPI document); this skips FastAPI's per-request
+    # dependency solving, ~20 % of a request's CPU.
     app.router.routes.insert(0, Route("/v1/infer", infer.infer, methods=["POST"]))
+    app.router.routes.insert(0, Route("/v1/chain", chain.chain, methods=["POST"]))
     app.router.routes.insert(0, Route("/v1/status", health.status, methods=["GET"]))
     app.router.routes.insert(0, Route("/v1/calibrate", calibrate.calibrate, methods=["POST"]))
     _document_served_models(app, tier_config)
@@ -70,7 +72,8 @@ def create_app(
 
 
 def _document_served_models(app: FastAPI, cfg: TierConfig) -> None:
-    """Publish this tier's model names as enums in its OpenAPI (requests outside get 404)."""
+    """Publish this tier's model and chain names as enums in its OpenAPI (requests outside get
+    404)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -90,6 +93,14 @@ def _document_served_models(app: FastAPI, cfg: TierConfig) -> None:
         gen = doc["components"]["schemas"].get("GenerateRequest")
         if gen is not None and lms:
             gen["properties"]["model"]["enum"] = lms
+        if cfg.chains:
+            for param in doc["paths"]["/v1/chain"]["post"].get("parameters", []):
+                if param["name"] == "chain":
+                    param["schema"] = {"type": "string", "enum": sorted(cfg.chains)}
+        # the x-edgebed-answer header's JSON (its parts are ChainResponse's, already listed)
+        answer = ChainTensorAnswer.model_json_schema(ref_template="#/components/schemas/{model}")
+        answer.pop("$defs", None)
+        doc["components"]["schemas"][ChainTensorAnswer.__name__] = answer
         app.openapi_schema = doc
         return doc
 

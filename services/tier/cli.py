@@ -77,7 +77,7 @@ def config_from_args(args: argparse.Namespace) -> TierConfig:
 
     overrides = {"device_time": args.device_time} if args.device_time else {}
     if args.device_time:
-        # The flag applies to every vision model, overriding per-model device_time settings.
+        # The flag applies to every vision model and chain, overriding their device_time settings.
         overrides["_all_models_device_time"] = args.device_time
     node_class = getattr(args, "node_class", None)
     data = None
@@ -182,7 +182,8 @@ def _expand(
     overrides: dict[str, Any], tier: str | None, config: str | None,
     node_class: str | None = None, data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Turn the --device-time flag into per-model overrides (it beats per-model settings)."""
+    """Turn the --device-time flag into per-model and per-chain overrides (it beats their own
+    settings)."""
     mode = overrides.pop("_all_models_device_time", None)
     if mode is None:
         return overrides
@@ -190,6 +191,8 @@ def _expand(
 
     base = load_tier_config(tier, config, node_class=node_class, config_data=data)
     overrides["models"] = {name: {"device_time": mode} for name in base.models}
+    if base.chains:
+        overrides["chains"] = {name: {"device_time": mode} for name in base.chains}
     return overrides
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from common.validation import problems
+from models import catalog
 from services.tier import classes, simulator
 
 SERVICES_DIR = Path(__file__).resolve().parents[1]
@@ -148,6 +149,35 @@ class VisionModelConfig(BaseModel):
     )
 
 
+class ChainConfig(BaseModel):
+    """A research chain (``models.catalog``: split-fp32, split-int8, exit-fp32, exit-int8) served
+    segment by segment on ``POST /v1/chain``, and its emulated device profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latency_ms: float | None = Field(
+        None, ge=0, le=600_000,
+        description="device time of the whole chain (profile mode); a request is held for the "
+        "share of it of the segments it runs (default: the class's simulator latency of the "
+        "chain's base model, int8 or fp32)",
+    )  # fmt: skip
+    jitter: Jitter | None = Field(
+        None, description="added to the device time, scaled by the share of the chain run"
+    )
+    segments: list[int] | None = Field(
+        None, min_length=2, max_length=2,
+        description="[first, last]: the segments this node holds (1-based, inclusive; default "
+        "all)",
+    )  # fmt: skip
+    device_time: DeviceTime | None = Field(None, description="overrides the tier's device_time")
+
+    @property
+    def held(self) -> range:
+        """The 1-based indices of the segments held (once the config is validated)."""
+        assert self.segments is not None
+        return range(self.segments[0], self.segments[1] + 1)
+
+
 class LMConfig(BaseModel):
     """An emulated language model: time to first token + tokens × time per output token."""
 
@@ -194,6 +224,11 @@ class TierConfig(BaseSettings):
     power: PowerModel
     models: dict[str, VisionModelConfig] = Field(default_factory=dict)
     lm: dict[str, LMConfig] = Field(default_factory=dict)
+    chains: dict[str, ChainConfig] = Field(
+        default_factory=dict,
+        description="research chains served on /v1/chain: split-fp32, split-int8, exit-fp32, "
+        "exit-int8",
+    )
     jitter_seed: int = Field(0, ge=0)
     max_body_bytes: int = Field(
         262_144, ge=1024, le=64 * 2**20,
@@ -264,6 +299,7 @@ class TierConfig(BaseSettings):
                 m.device_time = self.device_time
         if cls.int8_only:
             self._check_int8(cls)
+        self._fill_chains(cls, table)
         if self.lm and not cls.lm:
             raise ValueError(
                 f"lm: class {cls.name} serves no language model, got {sorted(self.lm)}; remove "
@@ -299,7 +335,49 @@ class TierConfig(BaseSettings):
         overlap = set(self.models) & set(self.lm)
         if overlap:
             raise ValueError(f"models/lm: a name cannot be both, got {sorted(overlap)}")
+        overlap = set(self.served_models) & set(self.chains)
+        if overlap:
+            raise ValueError(f"models/chains: a name cannot be both, got {sorted(overlap)}")
         return self
+
+    def _fill_chains(self, cls: classes.NodeClass, table: dict[str, float]) -> None:
+        """Check each chain against the manifest (``models.catalog``): its name, the segments
+        held, the INT8-only rule; default its latency (the class's simulator latency of the
+        chain's base model) and device time."""
+        for name, c in self.chains.items():
+            if name not in catalog.CHAIN_SOURCES:
+                raise ValueError(
+                    f"chains.{name}: unknown chain; must be one of "
+                    f"{', '.join(catalog.chain_names())}"
+                )
+            try:
+                spec = catalog.chain_spec(name)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"chains.{name}: {exc}") from None
+            first, last = c.segments or (1, spec.n)
+            if not 1 <= first <= last <= spec.n:
+                raise ValueError(
+                    f"chains.{name}.segments: must be [first, last] with 1 <= first <= last <= "
+                    f"{spec.n} ({name} has {spec.n} segments), got [{first}, {last}]"
+                )
+            c.segments = [first, last]
+            if cls.int8_only and not _chain_full_integer(spec, first, last):
+                allowed = [n for n in catalog.chain_names() if _chain_full_integer(
+                    catalog.chain_spec(n), 1, catalog.chain_spec(n).n)]
+                raise ValueError(
+                    f"chains.{name}: class {cls.name} runs only full-integer INT8 models; "
+                    f"{name} is {spec.segments[first - 1].input['dtype']}. Allowed chains: "
+                    f"{', '.join(allowed) or 'none'} (remove it: chains: {{{name}: null}})"
+                )
+            if c.latency_ms is None:
+                if spec.base not in table:
+                    raise ValueError(
+                        f"chains.{name}.latency_ms: required (no simulator default for class "
+                        f"{cls.name}, model {spec.base})"
+                    )
+                c.latency_ms = table[spec.base]
+            if c.device_time is None:
+                c.device_time = self.device_time
 
     def _resolve_class(self) -> classes.NodeClass:
         """The node's class: ``class`` as given, else its name when that is a class."""
@@ -372,7 +450,8 @@ class TierConfig(BaseSettings):
                 )
 
     def model_bytes(self, models_dir: Path) -> dict[str, int]:
-        """Size of each served LiteRT file (raises TierConfigError naming a missing file)."""
+        """Size of each served LiteRT file, and of each chain's held segment files together
+        (raises TierConfigError naming a missing file)."""
         sizes = {}
         for name, m in self.models.items():
             path = models_dir / str(m.file)
@@ -382,14 +461,36 @@ class TierConfig(BaseSettings):
                     f"({models_dir}); set EDGEBED_MODELS_DIR or fix the file name"
                 )
             sizes[name] = path.stat().st_size
+        for name in self.chains:
+            sizes[name] = sum(path.stat().st_size for path in self.chain_files(name, models_dir))
         return sizes
 
+    def chain_spec(self, name: str, models_dir: Path) -> catalog.ChainSpec:
+        """The manifest's description of the served chain ``name`` (from ``models_dir``)."""
+        try:
+            return catalog.chain_spec(name, Path(models_dir) / "manifest.json")
+        except (OSError, ValueError) as exc:
+            raise TierConfigError(f"chains.{name}: {exc}") from None
+
+    def chain_files(self, name: str, models_dir: Path) -> list[Path]:
+        """The segment files the node holds of chain ``name`` (TierConfigError if missing)."""
+        spec = self.chain_spec(name, models_dir)
+        paths = [Path(models_dir) / spec.segments[k - 1].file for k in self.chains[name].held]
+        for path in paths:
+            if not path.is_file():
+                raise TierConfigError(
+                    f"chains.{name}: segment file {path.name} not found in the models directory "
+                    f"({models_dir}); set EDGEBED_MODELS_DIR"
+                )
+        return paths
+
     def check_memory(self, models_dir: Path) -> dict[str, int]:
-        """Refuse a tier whose models (one copy per concurrent worker) exceed ``memory_bytes``."""
+        """Refuse a tier whose models and held chain segments (one copy per concurrent worker)
+        exceed ``memory_bytes``."""
         sizes = self.model_bytes(models_dir)
         need = sum(sizes.values()) * self.concurrency
         if need > self.memory_bytes:
-            detail = ", ".join(f"{n} {b:,} B" for n, b in sizes.items())
+            detail = ", ".join(f"{self._memory_label(n)} {b:,} B" for n, b in sizes.items())
             too_big = [n for n, b in sizes.items() if b * self.concurrency > self.memory_bytes]
             which = f"; {', '.join(too_big)} alone does not fit" if too_big else ""
             raise TierConfigError(
@@ -398,6 +499,22 @@ class TierConfig(BaseSettings):
                 f"{self.memory_bytes:,}{which}. Remove a model or raise memory_bytes."
             )
         return sizes
+
+    def _memory_label(self, name: str) -> str:
+        if name in self.chains:
+            first, last = self.chains[name].segments or (0, 0)
+            return f"{name} (segments {first}..{last})"
+        return name
+
+
+def _chain_full_integer(spec: catalog.ChainSpec, first: int, last: int) -> bool:
+    """Every tensor of segments ``first``..``last`` (inputs, features, exits) is int8/uint8."""
+    return all(
+        classes.is_full_integer((seg.input["dtype"], out["dtype"]))
+        for seg in spec.segments[first - 1 : last]
+        for out in (seg.features, seg.probabilities)
+        if out is not None
+    )
 
 
 def builtin_config_path(tier: str) -> Path:

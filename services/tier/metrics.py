@@ -2,7 +2,8 @@
 
 Names start with ``edgebed_``, use base units, and every (tier, model, outcome) and (tier,
 model, action) label set is created at start-up so a dashboard sees zeros before the first
-request.
+request. A served chain (``/v1/chain``) counts in the per-model metrics with its name as
+``model``, and has its own per-segment, per-exit and tensor-byte counters.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ TIME_BUCKETS_S = (
     0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 60.0,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024)
+TENSOR_DIRECTIONS = ("in", "out")
 
 
 class TierMetrics:
@@ -31,7 +33,10 @@ class TierMetrics:
         *,
         batched_models: list[str] | None = None,
         node_class: str | None = None,
+        chains: dict[str, tuple[list[int], list[int]]] | None = None,
     ) -> None:
+        """``models``: every name requests are counted under (vision and LM models, chains);
+        ``chains``: per served chain, the 1-based segments it holds and those with an exit."""
         self.registry = registry
         self.tier = tier
         self.requests = Counter(
@@ -121,6 +126,21 @@ class TierMetrics:
         )  # fmt: skip
         if node_class is not None:
             self.class_info.labels(tier, node_class).set(1)
+        self.chain_segments_total = Counter(
+            "edgebed_tier_chain_segments",
+            "Chain segments run (POST /v1/chain), by chain and 1-based segment index",
+            ["tier", "chain", "segment"], registry=registry,
+        )  # fmt: skip
+        self.exits_total = Counter(
+            "edgebed_tier_exits",
+            "Chain answers by the 1-based segment whose exit (probabilities) answered",
+            ["tier", "chain", "exit"], registry=registry,
+        )  # fmt: skip
+        self.tensor_bytes_total = Counter(
+            "edgebed_tier_tensor_bytes",
+            "Cut-tensor bytes of /v1/chain received (in; a raw image counts 784) and sent (out)",
+            ["tier", "chain", "direction"], registry=registry,
+        )  # fmt: skip
 
         self.queue_depth_t = self.queue_depth.labels(tier)
         self.in_service_t = self.in_service.labels(tier)
@@ -146,6 +166,19 @@ class TierMetrics:
         self.abandoned = {
             (m, a): self.abandoned_total.labels(tier, m, a) for m in models for a in ABANDON_ACTIONS
         }
+        chains = chains or {}
+        self.chain_segment = {
+            (c, k): self.chain_segments_total.labels(tier, c, str(k))
+            for c, (held, _) in chains.items() for k in held
+        }  # fmt: skip
+        self.chain_exit = {
+            (c, k): self.exits_total.labels(tier, c, str(k))
+            for c, (_, exits) in chains.items() for k in exits
+        }  # fmt: skip
+        self.tensor_bytes = {
+            (c, d): self.tensor_bytes_total.labels(tier, c, d)
+            for c in chains for d in TENSOR_DIRECTIONS
+        }  # fmt: skip
 
     def count(self, model: str, outcome: str) -> None:
         key = (model, outcome) if (model, outcome) in self.req else (UNKNOWN_MODEL, outcome)

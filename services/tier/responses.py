@@ -21,7 +21,8 @@ GONE_STATUS = 499
 
 
 class SentTimedResponse(Response):
-    """JSON bytes; after the body is written, ``on_sent(time.perf_counter())`` is called.
+    """JSON bytes (or another ``media_type``); after the body is written,
+    ``on_sent(time.perf_counter())`` is called.
 
     The tier ends a profile hold early by the time its answers typically take from the end of
     the hold to the socket (``TierRuntime.observe_send``); this is where that time is measured.
@@ -29,8 +30,15 @@ class SentTimedResponse(Response):
 
     media_type = "application/json"
 
-    def __init__(self, content: bytes, on_sent: Callable[[float], None] | None = None) -> None:
-        super().__init__(content)
+    def __init__(
+        self,
+        content: bytes,
+        on_sent: Callable[[float], None] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        media_type: str | None = None,
+    ) -> None:
+        super().__init__(content, headers=headers, media_type=media_type)
         self._on_sent = on_sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,9 +1,11 @@
-"""The tier's device: loaded LiteRT models per worker slot, admission, device-time holds, energy.
+"""The tier's device: loaded LiteRT models and chain segments per worker slot, admission,
+device-time holds, energy.
 
-Routes call :meth:`TierRuntime.infer`, :meth:`TierRuntime.generate` and (streams)
-:meth:`TierRuntime.admit` + :meth:`TierRuntime.stream_lines`; everything that makes the tier
-behave like its device (queueing, emulated latency, leads, client disconnects, energy) happens
-here.
+Routes call :meth:`TierRuntime.infer`, :meth:`TierRuntime.run_chain`,
+:meth:`TierRuntime.generate` and (streams) :meth:`TierRuntime.admit` +
+:meth:`TierRuntime.stream_lines`; everything that makes the tier behave like its device
+(queueing, emulated latency, leads, client disconnects, energy) happens here. Vision models and
+chains share one path through it: :meth:`TierRuntime.serve`.
 """
 
 from __future__ import annotations
@@ -14,19 +16,21 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from models.chain import CutTensor
 from models.paths import models_dir as default_models_dir
 from models.runtime import LiteRTModel
 from services.tier import energy, lm
 from services.tier.batching import BatchResult, ModelBatcher, Pending
+from services.tier.chains import ChainRun, ExitRule, ServedChain, answers_with_probabilities
 from services.tier.config import TierConfig
 from services.tier.device import DeviceSlots, QueueFull, hold_until, try_realtime_thread
 from services.tier.disconnect import Action, ClientGone, DisconnectWatch
@@ -35,6 +39,7 @@ from services.tier.leads import MAX_SEND_LEAD_S, NO_LEADS, SEND_LEAD_GAIN, Leads
 from services.tier.metrics import TierMetrics
 
 STREAM_CHUNK_MS = 5.0  # tokens closer together than this go out in one NDJSON line
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,29 @@ class Admission:
         return self.start_s - self.t_arrive
 
 
+@dataclass(frozen=True)
+class Served(Generic[T]):
+    """A request served on a device slot (:meth:`TierRuntime.serve`): what its real compute
+    returned, and its accounting as reported in an answer."""
+
+    value: T
+    timing: dict[str, float]  # queue_ms, compute_ms, emulated_ms, target_ms, leads, service_ms
+    energy: dict[str, float | str]
+    profile: bool  # device time was emulated
+    t_end: float | None  # when its hold ended (profile mode), for the send lead
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """A finished ``/v1/chain`` request: its answer, which is the JSON body when the run ended
+    at an exit that answers (``tensor`` None), else describes ``tensor``, the tensor at the
+    run's last cut (the binary body; the answer goes in a header)."""
+
+    answer: dict[str, Any]
+    tensor: CutTensor | None
+    t_end: float | None
+
+
 class TierRuntime:
     """One tier's state. Create with a validated config; call :meth:`load` before serving."""
 
@@ -69,10 +97,16 @@ class TierRuntime:
         # Fail fast (before serving) on missing files and on the memory budget.
         self.model_bytes = cfg.check_memory(self.models_dir)
         cfg.check_files(self.models_dir)  # e.g. a float model on an INT8-only class
+        self.chains = {
+            name: ServedChain(name, c, cfg.chain_spec(name, self.models_dir), self.models_dir)
+            for name, c in cfg.chains.items()
+        }
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.metrics = TierMetrics(
-            self.registry, cfg.tier, cfg.served_models, list(energy.ENERGY_MODELS),
-            batched_models=cfg.batched_models, node_class=str(cfg.node_class),
+            self.registry, cfg.tier, [*cfg.served_models, *self.chains],
+            list(energy.ENERGY_MODELS), batched_models=cfg.batched_models,
+            node_class=str(cfg.node_class),
+            chains={name: (list(ch.held), ch.exits_held) for name, ch in self.chains.items()},
         )  # fmt: skip
         self.metrics.memory_budget.labels(cfg.tier).set(cfg.memory_bytes)
         self.metrics.concurrency.labels(cfg.tier).set(cfg.concurrency)
@@ -105,7 +139,8 @@ class TierRuntime:
     # --- lifecycle ---
 
     def load(self) -> None:
-        """Load one LiteRT interpreter per model and worker slot (they are not thread-safe)."""
+        """Load one LiteRT interpreter per model, held chain segment and worker slot (they are
+        not thread-safe)."""
         self.instances = [
             {
                 name: LiteRTModel(self.models_dir / str(m.file))
@@ -113,6 +148,8 @@ class TierRuntime:
             }
             for _ in range(self.cfg.concurrency)
         ]
+        for chain in self.chains.values():
+            chain.load(self.cfg.concurrency)
         for name, m in self.cfg.models.items():
             first = self.instances[0][name] if self.instances else None
             self.model_info[name] = {
@@ -316,48 +353,15 @@ class TierRuntime:
             return await self.infer_batched(
                 model, image, request_id, t_arrive, watch=watch, host_lead_ms=host_lead_ms
             )
-        profile = self.cfg.models[model].device_time == "profile"
-        adm = await self.admit(model, self.expected_device_s[model], t_arrive, watch)
-        t_end: float | None = None
-        leads = NO_LEADS
-        nominal_end: float | None = None
-        try:
-            if self.compute_executor is None:
-                probs, compute_s = self.instances[adm.slot][model].probabilities(image)
-            else:
-                probs, compute_s = await asyncio.get_running_loop().run_in_executor(
-                    self.compute_executor, self.instances[adm.slot][model].probabilities, image
-                )
-            if profile:
-                target_ms = self.device_target_ms(model)
-                end_s = adm.start_s + target_ms / 1000.0
-                self.slots.expect_end(adm.slot, end_s)
-                leads = self.leads(target_ms / 1000.0, host_lead_ms, end_s)
-                t_end = await self.hold(end_s - leads.total_s, watch)
-                if t_end is None:
-                    raise self._abandon(model, "aborted")
-                nominal_end = end_s
-                emulated_s = t_end - adm.start_s + leads.total_s
-            else:
-                target_ms = compute_s * 1000.0
-                emulated_s = compute_s
-        finally:
-            self.release(adm, nominal_end)
-        if watch is not None and watch.gone:
-            raise self._abandon(model, "finished")
-        service_s = time.perf_counter() - t_arrive
-        queue_ms = adm.queue_s * 1000.0
-        emulated_ms = emulated_s * 1000.0
-        e = energy.estimate(self.cfg, emulated_ms, queue_ms)
-        self.metrics.observe(
+        served = await self.serve(
             model,
-            queue_s=adm.queue_s,
-            compute_s=compute_s,
-            emulated_s=emulated_s,
-            service_s=service_s,
-            energy_mj={"power": float(e["power_mj"]), "simulator": float(e["simulator_mj"])},
-        )
-        self.metrics.count(model, "ok")
+            lambda slot: self.instances[slot][model].probabilities(image),
+            expected_s=self.expected_device_s[model],
+            profile=self.cfg.models[model].device_time == "profile",
+            target_ms=lambda _: self.device_target_ms(model),
+            t_arrive=t_arrive, watch=watch, host_lead_ms=host_lead_ms,
+        )  # fmt: skip
+        probs = served.value
         idx = int(np.argmax(probs))
         return {
             "tier": self.cfg.tier,
@@ -366,19 +370,159 @@ class TierRuntime:
             "prediction": idx,
             "confidence": float(probs[idx]),
             "probabilities": probs.tolist(),
-            "timing": {
-                "queue_ms": queue_ms,
-                "compute_ms": compute_s * 1000.0,
-                "emulated_ms": emulated_ms,
-                "target_ms": target_ms,
-                "send_lead_ms": leads.send_s * 1000.0,
-                "host_lead_ms": leads.host_s * 1000.0,
-                "service_ms": service_s * 1000.0,
-            },
-            "energy": e,
+            "timing": served.timing,
+            "energy": served.energy,
             "load": self.current_load(),
-            "emulated": {"device_time": profile, "energy": True, "lm": False},
-        }, t_end
+            "emulated": {"device_time": served.profile, "energy": True, "lm": False},
+        }, served.t_end
+
+    async def serve(
+        self,
+        name: str,
+        compute: Callable[[int], tuple[T, float]],
+        *,
+        expected_s: float,
+        profile: bool,
+        target_ms: Callable[[T], float],
+        t_arrive: float,
+        watch: DisconnectWatch | None,
+        host_lead_ms: float,
+    ) -> Served[T]:
+        """One request on the device: admitted to a slot (FIFO; 503 when the queue is full)
+        expecting ``expected_s`` of device time, its real compute ``compute(slot)`` →
+        ``(value, seconds)``, then in profile mode held until ``target_ms(value)`` after its
+        start of service (less the leads); the slot released at the nominal end, the request
+        accounted under ``name`` (histograms, energy, an ``ok``). Raises ClientGone when the
+        client went away (see ``on_disconnect``)."""
+        adm = await self.admit(name, expected_s, t_arrive, watch)
+        t_end: float | None = None
+        leads = NO_LEADS
+        nominal_end: float | None = None
+        try:
+            if self.compute_executor is None:
+                value, compute_s = compute(adm.slot)
+            else:
+                value, compute_s = await asyncio.get_running_loop().run_in_executor(
+                    self.compute_executor, compute, adm.slot
+                )
+            if profile:
+                target = target_ms(value)
+                end_s = adm.start_s + target / 1000.0
+                self.slots.expect_end(adm.slot, end_s)
+                leads = self.leads(target / 1000.0, host_lead_ms, end_s)
+                t_end = await self.hold(end_s - leads.total_s, watch)
+                if t_end is None:
+                    raise self._abandon(name, "aborted")
+                nominal_end = end_s
+                emulated_s = t_end - adm.start_s + leads.total_s
+            else:
+                target = compute_s * 1000.0
+                emulated_s = compute_s
+        finally:
+            self.release(adm, nominal_end)
+        if watch is not None and watch.gone:
+            raise self._abandon(name, "finished")
+        service_s = time.perf_counter() - t_arrive
+        queue_ms = adm.queue_s * 1000.0
+        emulated_ms = emulated_s * 1000.0
+        e = energy.estimate(self.cfg, emulated_ms, queue_ms)
+        self.metrics.observe(
+            name,
+            queue_s=adm.queue_s,
+            compute_s=compute_s,
+            emulated_s=emulated_s,
+            service_s=service_s,
+            energy_mj={"power": float(e["power_mj"]), "simulator": float(e["simulator_mj"])},
+        )
+        self.metrics.count(name, "ok")
+        timing = {
+            "queue_ms": queue_ms,
+            "compute_ms": compute_s * 1000.0,
+            "emulated_ms": emulated_ms,
+            "target_ms": target,
+            "send_lead_ms": leads.send_s * 1000.0,
+            "host_lead_ms": leads.host_s * 1000.0,
+            "service_ms": service_s * 1000.0,
+        }
+        return Served(value, timing, e, profile, t_end)
+
+    # --- research chains ---
+
+    def check_chain(self, name: str) -> ServedChain:
+        """The served chain ``name``; ApiError 404 naming ``chain`` and the served ones."""
+        chain = self.chains.get(name)
+        if chain is None:
+            self.metrics.count(name, "not_found")
+            raise ApiError(
+                404, "chain", f"chain: {name!r} is not served by tier {self.cfg.tier}; chains "
+                f"here: {', '.join(self.chains) or 'none'}",
+            )  # fmt: skip
+        return chain
+
+    async def run_chain(
+        self,
+        name: str,
+        source: np.ndarray | CutTensor,
+        start: int,
+        stop: int,
+        rule: ExitRule,
+        output: str,
+        request_id: str | None,
+        t_arrive: float,
+        *,
+        bytes_in: int,
+        watch: DisconnectWatch | None = None,
+        host_lead_ms: float = 0.0,
+    ) -> ChainResult:
+        """Segments start+1..stop of chain ``name`` (already validated: :meth:`check_chain`,
+        ``ServedChain.check_range``) on a uint8 image (start 0) or the tensor at cut ``start``,
+        through the same admission, holds, leads and accounting as :meth:`infer`. The device
+        time is held for the segments actually run (an exit that passes ``rule`` ends the run).
+        Raises ClientGone when the client went away (see ``on_disconnect``)."""
+        chain = self.chains[name]
+        served: Served[ChainRun] = await self.serve(
+            name,
+            lambda slot: chain.run(slot, source, start, stop, rule),
+            expected_s=chain.expected_s(start, stop),
+            profile=chain.profile,
+            target_ms=lambda run: chain.target_ms(run, self.rng),
+            t_arrive=t_arrive, watch=watch, host_lead_ms=host_lead_ms,
+        )  # fmt: skip
+        run = served.value
+        for k, _ in run.ran:
+            self.metrics.chain_segment[(name, k)].inc()
+        self.metrics.tensor_bytes[(name, "in")].inc(bytes_in)
+        answered = answers_with_probabilities(run, rule, output, chain.n)
+        tensor = None if answered else run.features
+        assert answered or tensor is not None, "validated on arrival: a tensor answer has a cut"
+        bytes_out = len(tensor.data) if tensor is not None else 0
+        if answered:
+            self.metrics.chain_exit[(name, run.last)].inc()
+        else:
+            self.metrics.tensor_bytes[(name, "out")].inc(bytes_out)
+        answer: dict[str, Any] = {
+            "tier": self.cfg.tier,
+            "chain": name,
+            "request_id": request_id or uuid.uuid4().hex,
+        }
+        if answered and run.probs is not None:
+            idx = int(np.argmax(run.probs))
+            answer.update(prediction=idx, confidence=float(run.probs[idx]),
+                          probabilities=run.probs.tolist(), exit=run.last)  # fmt: skip
+        else:
+            answer["cut"] = run.last
+        answer.update({
+            "exits": list(run.exits),
+            "segments": chain.segment_times(run, served.timing["target_ms"]),
+            "timing": served.timing,
+            "energy": served.energy,
+            "load": self.current_load(),
+            "emulated": {"device_time": served.profile, "energy": True, "lm": False,
+                         "segment_shares": served.profile},
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+        })  # fmt: skip
+        return ChainResult(answer, tensor, served.t_end)
 
     def _queue_full(self, model: str) -> ApiError:
         self.metrics.count(model, "queue_full")

@@ -98,6 +98,13 @@ class Load(BaseModel):
     queue_limit: int = Field(ge=0, description="requests allowed to wait; beyond it 503")
 
 
+class TopK(BaseModel):
+    """The k most probable classes (query ``top_k``), highest first."""
+
+    indices: list[int] = Field(description="class indices, most probable first")
+    values: list[float] = Field(description="their probabilities")
+
+
 class InferResponse(BaseModel):
     tier: str
     model: str
@@ -105,10 +112,94 @@ class InferResponse(BaseModel):
     prediction: int = Field(ge=0)
     confidence: float = Field(ge=0, le=1)
     probabilities: list[float]
+    top_k: TopK | None = Field(None, description="only when asked for with ?top_k=k")
     timing: InferTiming
     energy: Energy
     load: Load
     emulated: Emulated
+
+
+class ChainExit(BaseModel):
+    """An exit (a segment's probabilities) evaluated during a /v1/chain run."""
+
+    segment: int = Field(ge=1, description="1-based segment index")
+    confidence: float = Field(ge=0, le=1, description="its top probability")
+    entropy: float = Field(ge=0, description="its entropy over ln(10) (0: certain, 1: uniform)")
+    passed: bool | None = Field(
+        description="met the threshold by the criterion (null without a threshold)")
+
+
+class ChainSegmentRun(BaseModel):
+    index: int = Field(ge=1, description="1-based segment index")
+    name: str
+    device_ms: float = Field(
+        description="its part of the device time: the run's device time split by the emulated "
+        "per-segment ratio (profile mode), its real compute (real mode)")
+    compute_ms: float = Field(description="real LiteRT time of this segment on this host")
+
+
+class ChainEmulated(Emulated):
+    segment_shares: bool = Field(
+        description="each segment's device_ms is the chain's device time split by the ratio of "
+        "the manifest's measured invoke times (profile mode)")
+
+
+class ChainTiming(BaseModel):
+    queue_ms: float = Field(ge=0, description=_QUEUE_DOC)
+    compute_ms: float = Field(description="real LiteRT compute of the segments run")
+    emulated_ms: float = Field(
+        description="device time of the segments run: the chain's latency_ms × their share "
+        "(+ jitter × that share), measured as for /v1/infer (profile); real compute (real)")
+    target_ms: float = Field(description="device time drawn for the segments run")
+    send_lead_ms: float = 0.0
+    host_lead_ms: float = Field(0.0, ge=0, le=10, description=_HOST_LEAD_DOC)
+    service_ms: float = Field(description="all time inside the server")
+
+
+_CHAIN_FIELDS_DOC = {
+    "exits": "every exit evaluated, in order",
+    "segments": "the segments run on this node, in order",
+    "bytes_in": "tensor bytes received (a raw image: 784)",
+    "bytes_out": "tensor bytes sent (0 for a JSON answer)",
+}
+
+
+class ChainResponse(BaseModel):
+    """``POST /v1/chain`` answered by an exit (JSON)."""
+
+    tier: str
+    chain: str
+    request_id: str
+    prediction: int = Field(ge=0)
+    confidence: float = Field(ge=0, le=1)
+    probabilities: list[float] = Field(description="the answering exit's probabilities")
+    top_k: TopK | None = Field(None, description="only when asked for with ?top_k=k")
+    exit: int = Field(ge=1, description="the 1-based segment whose probabilities answered")
+    exits: list[ChainExit] = Field(description=_CHAIN_FIELDS_DOC["exits"])
+    segments: list[ChainSegmentRun] = Field(description=_CHAIN_FIELDS_DOC["segments"])
+    timing: ChainTiming
+    energy: Energy
+    load: Load
+    emulated: ChainEmulated
+    bytes_in: int = Field(ge=0, description=_CHAIN_FIELDS_DOC["bytes_in"])
+    bytes_out: int = Field(ge=0, description=_CHAIN_FIELDS_DOC["bytes_out"])
+
+
+class ChainTensorAnswer(BaseModel):
+    """The ``x-edgebed-answer`` header of a tensor answer of ``POST /v1/chain`` (compact JSON)."""
+
+    tier: str
+    chain: str
+    request_id: str
+    cut: int = Field(ge=1, description="the cut of the tensor in the body (the last segment run)")
+    exits: list[ChainExit] = Field(description=_CHAIN_FIELDS_DOC["exits"])
+    segments: list[ChainSegmentRun] = Field(description=_CHAIN_FIELDS_DOC["segments"])
+    timing: ChainTiming
+    energy: Energy
+    load: Load
+    emulated: ChainEmulated
+    bytes_in: int = Field(ge=0, description=_CHAIN_FIELDS_DOC["bytes_in"])
+    bytes_out: int = Field(ge=0, description=_CHAIN_FIELDS_DOC["bytes_out"])
 
 
 class GenerateRequest(BaseModel):
@@ -195,6 +286,31 @@ class ModelInfo(BaseModel):
     emulated: bool
 
 
+class ChainSegmentInfo(BaseModel):
+    index: int = Field(ge=1)
+    name: str
+    file: str
+    input: dict[str, Any] = Field(description="dtype, shape, scale, zero_point, bytes")
+    features: dict[str, Any] | None = Field(description="the tensor at the cut after it")
+    probabilities: dict[str, Any] | None = Field(description="its exit, if it has one")
+    held: bool = Field(description="this node holds (serves) the segment")
+    share: float = Field(
+        ge=0, le=1, description="its share of the chain's device time (emulated: its measured "
+        "median invoke time over the chain's total)")
+
+
+class ChainInfo(BaseModel):
+    name: str
+    kind: Literal["split", "exit"]
+    base: str = Field(description="the precision of the network: fp32 or int8")
+    segments: list[ChainSegmentInfo]
+    held: list[int] = Field(description="[first, last]: the segments this node holds")
+    latency_ms: float = Field(description="device time of the whole chain (profile mode)")
+    jitter: dict[str, Any] | None
+    device_time: Literal["real", "profile"]
+    emulated: bool
+
+
 _CLASS_DOC = "the node's hardware class (mcu, edge, cloud, gpu, npu); tier is its name"
 
 
@@ -213,6 +329,8 @@ class ModelsResponse(BaseModel):
         description="what a request whose client disconnects does: finish or abort")
     realtime_holds: bool = Field(description="device-hold threads run with SCHED_FIFO priority")
     models: list[ModelInfo]
+    chains: list[ChainInfo] = Field(
+        default_factory=list, description="research chains served on /v1/chain")
 
 
 class Health(BaseModel):
@@ -241,7 +359,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in {
         400: "malformed body or HTTP framing (content-length)",
-        404: "model not served by this tier",
+        404: "model (or chain) not served by this tier",
         413: "body too large",
         415: "unsupported content type",
         422: "invalid field (named in 'field')",

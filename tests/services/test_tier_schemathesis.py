@@ -72,3 +72,13 @@ def test_openapi_fuzz_accelerator_classes(
     seen = _fuzz(tier, tier_factory(tier, device_time="real").url)
     for wanted in ("POST /v1/infer 200", "POST /v1/generate 404", "GET /v1/status 200"):
         assert any(k.startswith(wanted) for k in seen), (wanted, sorted(seen.items()))
+
+
+@pytest.mark.slow
+def test_openapi_fuzz_chains(tier_factory: Callable[..., TierProcess]) -> None:
+    """A node serving chains (/v1/chain: hand-read query, framing headers, binary bodies, JSON
+    or tensor answers): no server error, every answer as documented."""
+    tp = tier_factory("edge", device_time="real",
+                      config_overrides={"chains": {"split-int8": {}, "exit-fp32": {}}})
+    seen = _fuzz("edge+chains", tp.url)
+    assert any(k.startswith("POST /v1/chain 4") for k in seen), sorted(seen.items())

@@ -18,6 +18,7 @@ from services.tier.inputs import (
 )
 from services.tier.intake import arrival_s
 from services.tier.leads import HOST_LEAD_HEADER, HOST_LEAD_PARAMETER, parse_host_lead_ms
+from services.tier.params import TOP_K_PARAMETER, top_k, top_k_param
 from services.tier.responses import GONE_STATUS, SentTimedResponse, send_observer
 from services.tier.runtime import TierRuntime
 from services.tier.schemas import ERRORS, InferRequest, InferResponse
@@ -42,6 +43,7 @@ _BODY_DOC = {
             "schema": {"type": "string", "maxLength": 128},
         },
         HOST_LEAD_PARAMETER,
+        TOP_K_PARAMETER,
     ],
     "requestBody": {
         "required": True,
@@ -81,6 +83,7 @@ async def infer(request: Request) -> Response:
         if x_request_id is not None and len(x_request_id) > 128:
             raise ApiError(422, "x-request-id", "x-request-id: at most 128 characters")
         host_lead_ms = parse_host_lead_ms(request.headers.get(HOST_LEAD_HEADER))
+        k = top_k_param(request.query_params.get("top_k"))
         body = await request.body()  # at most max_body_bytes (RequestIntake)
         kind = media_type(request)
         if kind in BINARY_TYPES:
@@ -112,4 +115,6 @@ async def infer(request: Request) -> Response:
     finally:
         if watch is not None:
             watch.close()
+    if k is not None:
+        result["top_k"] = top_k(result["probabilities"], k)
     return SentTimedResponse(to_json(result), send_observer(runtime, hold_end))

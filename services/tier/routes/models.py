@@ -28,5 +28,6 @@ async def list_models(runtime: Annotated[TierRuntime, Depends(get_runtime)]) -> 
             "on_disconnect": cfg.on_disconnect,
             "realtime_holds": runtime.realtime_holds,
             "models": list(runtime.model_info.values()),
+            "chains": [chain.info() for chain in runtime.chains.values()],
         }
     )
