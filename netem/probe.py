@@ -78,7 +78,8 @@ async def start_echo_server(host: str = "127.0.0.1", port: int = 0) -> asyncio.S
 
 async def _one_conn_rtts(host: str, port: int, n: int, *, mode: str, payload_bytes: int,
                          path: str, warmup: int, timeout_s: float, gap_s: float,
-                         warm: Callable[[], Awaitable[None]] | None = None) -> list[float]:
+                         warm: Callable[[], Awaitable[None]] | None = None,
+                         sizes: dict[str, int] | None = None) -> list[float]:
     reader, writer = await asyncio.open_connection(host, port)
     _nodelay(writer)
     if mode == "http":
@@ -93,9 +94,11 @@ async def _one_conn_rtts(host: str, port: int, n: int, *, mode: str, payload_byt
             t0 = time.perf_counter_ns()
             writer.write(msg)
             if mode == "http":
-                await asyncio.wait_for(_read_http_response(reader), timeout_s)
+                got = await asyncio.wait_for(_read_http_response(reader), timeout_s)
             else:
-                await asyncio.wait_for(reader.readexactly(len(msg)), timeout_s)
+                got = len(await asyncio.wait_for(reader.readexactly(len(msg)), timeout_s))
+            if sizes is not None:  # bytes per probe each way (serialization at a rate limit)
+                sizes["up"], sizes["down"] = len(msg), max(got, sizes.get("down", 0))
             dt = (time.perf_counter_ns() - t0) / 1e6
             if i >= warmup:
                 out.append(dt)
@@ -108,7 +111,8 @@ async def _one_conn_rtts(host: str, port: int, n: int, *, mode: str, payload_byt
     return out
 
 
-async def _read_http_response(reader: asyncio.StreamReader) -> None:
+async def _read_http_response(reader: asyncio.StreamReader) -> int:
+    """Read one response; its size in bytes."""
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0
     for line in head.split(b"\r\n"):
@@ -116,19 +120,22 @@ async def _read_http_response(reader: asyncio.StreamReader) -> None:
             length = int(line.split(b":", 1)[1])
     if length:
         await reader.readexactly(length)
+    return len(head) + length
 
 
 async def measure_rtts(target: str, n: int = 500, *, mode: str = "echo", concurrency: int = 1,
                        payload_bytes: int = DEFAULT_PAYLOAD_BYTES, path: str = "/healthz",
                        warmup: int = 3, timeout_s: float = 30.0, gap_ms: float = 0.0,
-                       window: CounterWindow | None = None) -> np.ndarray:
+                       window: CounterWindow | None = None,
+                       sizes: dict[str, int] | None = None) -> np.ndarray:
     """N round-trip times in ms to ``target`` (host:port), over ``concurrency`` connections,
     each sending one message at a time (so probes never queue behind each other).
 
     ``gap_ms``: idle time (untimed) between a reply and the next message on a connection.
     ``window``: the link proxy's counters (:class:`netem.counters.CounterWindow`, built from
     its control URL), read once every connection has finished its ``warmup`` messages and
-    again after the last timed probe, so their deltas cover exactly the N timed probes."""
+    again after the last timed probe, so their deltas cover exactly the N timed probes.
+    ``sizes`` (a dict) receives the bytes of one probe each way (``up``, ``down``)."""
     if mode not in ("echo", "http"):
         raise ValueError(f"mode must be one of echo, http, got {mode!r}")
     host, port = parse_hostport(target, key="target")
@@ -154,7 +161,8 @@ async def measure_rtts(target: str, n: int = 500, *, mode: str = "echo", concurr
                 tg.create_task(open_window())
             tasks = [tg.create_task(_one_conn_rtts(
                 host, port, k, mode=mode, payload_bytes=payload_bytes, path=path, warmup=warmup,
-                timeout_s=timeout_s, gap_s=gap_ms / 1e3, warm=warm)) for k in shares]
+                timeout_s=timeout_s, gap_s=gap_ms / 1e3, warm=warm, sizes=sizes))
+                for k in shares]
     except BaseExceptionGroup as group:  # callers see the first failure itself, as with gather
         raise group.exceptions[0] from None
     if window is not None:
@@ -383,7 +391,7 @@ def fidelity_report(samples_ms: np.ndarray, link: RttLaw, *, name: str = "link",
                     baseline_ms: float | None = None,
                     baseline_samples_ms: np.ndarray | None = None,
                     drawn: dict[str, Any] | None = None, ks_tolerance_ms: float = 0.5,
-                    seed: int = 7) -> dict[str, Any]:
+                    seed: int = 7, serialization_ms: float = 0.0) -> dict[str, Any]:
     """Configured vs achieved round trip for one link, or one path when ``link`` is a
     :class:`netem.spec.PathLaw` (JSON-ready dict, no NaN; a path's report adds ``hops``,
     ``configured_path`` and ``drawn_by_hop``).
@@ -393,7 +401,9 @@ def fidelity_report(samples_ms: np.ndarray, link: RttLaw, *, name: str = "link",
     law a faithful link yields on this host (``baseline_ms`` is for callers that only have a
     median: then the null is the configured law alone). ``drawn``: :func:`drawn_reference`;
     when it has a drawn mean, the mean is judged against it (common random numbers), else
-    against the configured mean.
+    against the configured mean. ``serialization_ms``: the time a probe's own bytes take at the
+    link's rate limits (:func:`serialization_ms`), a known constant subtracted from every
+    sample before the law is judged (the law is the delay; the rate adds bytes ÷ rate).
     """
     raw = np.asarray(samples_ms, dtype=float)
     n = len(raw)
@@ -403,6 +413,7 @@ def fidelity_report(samples_ms: np.ndarray, link: RttLaw, *, name: str = "link",
     else:
         base = None
     x = raw - baseline_ms if baseline_ms else raw
+    x = x - serialization_ms
     residuals = None if base is None else base - float(np.median(base))
     host_offset = 0.0 if residuals is None else float(np.mean(residuals))
     rng = np.random.default_rng(seed)
@@ -441,6 +452,8 @@ def fidelity_report(samples_ms: np.ndarray, link: RttLaw, *, name: str = "link",
         "configured": configured,
         "achieved": achieved,
         "baseline_ms": baseline_ms,
+        # subtracted from every sample: the probe's bytes at the configured rate limits
+        "serialization_ms": serialization_ms,
         "baseline": None if base is None else {"n": len(base), **_stats(base)},
         # achieved = RTT - baseline median, so a faithful link's mean is reference + this
         # (mean - median of the direct path: the host's skew)
@@ -557,6 +570,21 @@ async def paced_baseline_ms(target: str, link: RttLaw, n: int = 200, *, mode: st
                                                 concurrency=concurrency, path=path)))
 
 
+def serialization_ms(law: LinkSpec | PathLaw, sizes: Mapping[str, int]) -> float:
+    """Milliseconds a probe of ``sizes`` bytes (``up``, ``down``) spends being serialized at
+    the rate limits of ``law``'s hops (each hop, each direction: bytes × 8 ÷ rate; 0 without a
+    rate). The link proxy releases a message ``bytes ÷ rate`` after its drawn delay, so this
+    is what a faithful rate-limited link adds to an idle probe's round trip."""
+    hops = [s for _, s in law.hops] if isinstance(law, PathLaw) else [law]
+    total = 0.0
+    for spec in hops:
+        for direction in ("up", "down"):
+            rate = getattr(spec, direction).rate_bytes_per_s
+            if rate:
+                total += sizes.get(direction, 0) / rate * 1e3
+    return total
+
+
 async def probe_link(target: str, link: LinkSpec, *, name: str = "link", n: int = 500,
                      mode: str = "echo", concurrency: int = 1, path: str = "/healthz",
                      baseline_target: str | None = None, baseline_n: int = 200,
@@ -571,12 +599,14 @@ async def probe_link(target: str, link: LinkSpec, *, name: str = "link", n: int 
         base = await paced_baseline(baseline_target, link, baseline_n, mode=mode,
                                     concurrency=concurrency, path=path)
     window = None if control_url is None else CounterWindow(control_url, proxy_link or name)
+    sizes: dict[str, int] = {}
     samples = await measure_rtts(target, n, mode=mode, concurrency=concurrency, path=path,
-                                 window=window)
+                                 window=window, sizes=sizes)
     drawn = None if window is None else drawn_reference(window.deltas(), link, len(samples),
                                                         error=window.error)
     return fidelity_report(samples, link, name=name, baseline_samples_ms=base, drawn=drawn,
-                           ks_tolerance_ms=ks_tolerance_ms)
+                           ks_tolerance_ms=ks_tolerance_ms,
+                           serialization_ms=serialization_ms(link, sizes))
 
 
 async def probe_path(target: str, hops: PathLaw | Mapping[str, LinkSpec] |
@@ -605,12 +635,14 @@ async def probe_path(target: str, hops: PathLaw | Mapping[str, LinkSpec] |
         base = await paced_baseline(baseline_target, law, baseline_n, mode=mode,
                                     concurrency=concurrency, path=path)
     window = None if control_url is None else CounterWindow(control_url, links)
+    sizes: dict[str, int] = {}
     samples = await measure_rtts(target, n, mode=mode, concurrency=concurrency, path=path,
-                                 window=window)
+                                 window=window, sizes=sizes)
     drawn = None if window is None else drawn_reference_path(
         window.deltas_by_link(), law, len(samples), error=window.error, proxy_links=links)
     return fidelity_report(samples, law, name=name, baseline_samples_ms=base, drawn=drawn,
-                           ks_tolerance_ms=ks_tolerance_ms)
+                           ks_tolerance_ms=ks_tolerance_ms,
+                           serialization_ms=serialization_ms(law, sizes))
 
 
 # ---- command line (also used by ``edgebed link probe|echo``) -------------------------------

@@ -181,3 +181,17 @@ def test_fidelity_verdict_says_when_the_sample_is_too_small() -> None:
             .splitlines()[2:] if line.split()[0] in ("small", "large", "good")}
     assert rows == {"small": "n?", "large": "NO", "good": "yes"}, rows
     assert "Probe more to decide" in format_table([small])
+
+
+def test_probe_serialization_counts_each_rate_limited_direction() -> None:
+    """A probe's bytes at a link's rate: per hop and direction bytes × 8 ÷ rate (ms), none
+    without a rate (the fidelity probe subtracts it before judging the delay law)."""
+    from netem.probe import serialization_ms
+    from netem.spec import LinkSpec, PathLaw
+
+    sizes = {"up": 250, "down": 500}
+    assert serialization_ms(LinkSpec(delay_ms=5), sizes) == 0.0
+    one = LinkSpec(delay_ms=5, rate_mbit=1)  # both directions 1 Mbit/s = 125 bytes/ms
+    assert serialization_ms(one, sizes) == pytest.approx(2.0 + 4.0)
+    path = PathLaw("p", {"a": one, "b": LinkSpec(up={"rate_mbit": 2})})
+    assert serialization_ms(path, sizes) == pytest.approx(6.0 + 1.0)
