@@ -67,6 +67,16 @@ class Attempt:
     bytes_tx: int = 0
     bytes_rx: int = 0
     error: str = ""
+    # a stage of a chain (``/v1/chain``): which segments ran, the exit taken, tensor bytes
+    stage: str = ""  # the op asked for (``ChainOp.label``: "0:3", "0:3 exit>=0.9"), "" for /v1/infer
+    exit: int = -1  # the segment whose exit answered (-1: none, or not a chain)
+    cut: int = -1  # the cut of the tensor returned (-1: an answer, not a tensor)
+    exits: str = ""  # every exit evaluated, "segment:confidence" joined by ","
+    tensor_in_bytes: int = 0  # tensor (or image) bytes in the request body
+    tensor_out_bytes: int = 0  # tensor bytes in the answer body
+    probs: tuple[float, ...] = ()  # the answer's probability vector (4 decimals), or top-k values
+    topk: tuple[int, ...] = ()  # class indices of ``probs`` when the tier answered top-k only
+    tensor: Any = None  # the returned cut tensor (models.chain.CutTensor), not recorded
 
     @property
     def ok(self) -> bool:
@@ -94,11 +104,29 @@ class Attempt:
         out: dict[str, Any] = {}
         for f in _BRIEF_FIELDS:
             v = getattr(self, f)
+            if f in _CHAIN_FIELDS and v == _CHAIN_DEFAULTS[f]:
+                continue  # an /v1/infer attempt's brief stays as it was
             out[f] = (None if v != v else round(v, 4)) if isinstance(v, float) else v
         return out
 
+    def probability_vector(self) -> list[float] | None:
+        """The answer's 10 class probabilities (top-k answers: the missing classes share what
+        is left evenly), or None without an answer."""
+        if not self.probs:
+            return None
+        if not self.topk:
+            return list(self.probs)
+        rest = max(0.0, 1.0 - sum(self.probs)) / max(1, 10 - len(self.topk))
+        vec = [rest] * 10
+        for i, v in zip(self.topk, self.probs, strict=True):
+            vec[i] = v
+        return vec
 
-_BRIEF_FIELDS = tuple(f.name for f in fields(Attempt))
+
+_BRIEF_FIELDS = tuple(f.name for f in fields(Attempt) if f.name != "tensor")
+_CHAIN_FIELDS = ("stage", "exit", "cut", "exits", "tensor_in_bytes", "tensor_out_bytes", "probs",
+                 "topk")
+_CHAIN_DEFAULTS = {f.name: f.default for f in fields(Attempt) if f.name in _CHAIN_FIELDS}
 
 
 def make_session(max_connections: int) -> aiohttp.ClientSession:
@@ -118,7 +146,71 @@ def _endpoint_url(base_url: str, kind: str, model: str) -> URL:
     base = base_url.rstrip("/")
     if kind == "cv":
         return URL(f"{base}/v1/infer").with_query(model=model)
+    if kind == "chain":
+        return URL(f"{base}/v1/chain")
     return URL(f"{base}/v1/generate")
+
+
+@dataclass(frozen=True)
+class ChainOp:
+    """One stage of a chain on one node (``POST /v1/chain``, docs/api.md): run segments
+    ``start``+1..``stop`` on the tensor at cut ``start`` (0: the request's image), stopping at
+    the first exit that passes ``threshold`` when one is given; ``top_k`` asks for the k best
+    classes only. ``stop`` None: to the chain's end."""
+
+    start: int = 0
+    stop: int | None = None
+    threshold: float | None = None
+    criterion: str = "confidence"
+    output: str = "auto"
+    top_k: int | None = None
+
+    def query(self, chain: str) -> dict[str, str]:
+        q = {"chain": chain, "start": str(self.start)}
+        if self.stop is not None:
+            q["stop"] = str(self.stop)
+        if self.threshold is not None:
+            q["threshold"] = repr(float(self.threshold))
+            q["criterion"] = self.criterion
+        if self.output != "auto":
+            q["output"] = self.output
+        if self.top_k is not None:
+            q["top_k"] = str(self.top_k)
+        return q
+
+    @property
+    def label(self) -> str:
+        out = f"{self.start}:{'' if self.stop is None else self.stop}"
+        if self.threshold is not None:
+            out += f" exit>={self.threshold:g}" if self.criterion == "confidence" \
+                else f" entropy<={self.threshold:g}"
+        return out
+
+
+TENSOR_TYPE = "application/x-edgebed-tensor"
+ANSWER_HEADER = "x-edgebed-answer"
+
+
+def tensor_headers(tensor: Any) -> dict[str, str]:
+    """The framing of a cut tensor (``models.chain.CutTensor``) on the wire."""
+    meta = tensor.meta
+    return {"content-type": TENSOR_TYPE, "x-edgebed-dtype": meta.dtype,
+            "x-edgebed-shape": ",".join(str(d) for d in meta.shape),
+            "x-edgebed-scale": repr(float(meta.scale)),
+            "x-edgebed-zero-point": str(int(meta.zero_point))}
+
+
+def read_tensor(headers: Any, body: bytes) -> Any:
+    """A cut tensor from an answer's framing headers and body (ValueError if malformed)."""
+    from models.chain import CutTensor, TensorMeta
+
+    shape = tuple(int(d) for d in headers["x-edgebed-shape"].split(","))
+    meta = TensorMeta(headers["x-edgebed-dtype"], shape,
+                      float(headers.get("x-edgebed-scale", 0.0)),
+                      int(headers.get("x-edgebed-zero-point", 0)))
+    if len(body) != meta.nbytes:
+        raise ValueError(f"tensor answer of {len(body)} bytes, its headers say {meta.nbytes}")
+    return CutTensor(body, meta)
 
 
 def lm_seed_for(request: Request, route: str) -> int:
@@ -129,14 +221,23 @@ def lm_seed_for(request: Request, route: str) -> int:
 
 
 def build_http_request(
-    route: str, request: Request, host_lead_ms: float = 0.0
+    route: str, request: Request, host_lead_ms: float = 0.0, op: ChainOp | None = None,
+    tensor: Any = None,
 ) -> tuple[str, dict[str, str], bytes]:
-    """``(kind, headers, body)`` of the HTTP request for ``route`` (pure)."""
+    """``(kind, headers, body)`` of the HTTP request for ``route`` (pure); with ``op`` a chain
+    stage carrying the request's image (``op.start`` 0) or ``tensor``."""
     _, model = split_route(route)
     # x-edgebed-attempt tags the attempt for the link proxy's per-hop log (GET /v1/hops)
-    headers = {"x-request-id": str(request.id), "x-edgebed-attempt": f"{request.id}/{route}"}
+    tag = f"{request.id}/{route}" + (f"[{op.start}:{op.stop or ''}]" if op is not None else "")
+    headers = {"x-request-id": str(request.id), "x-edgebed-attempt": tag}
     if host_lead_ms > 0:
         headers["x-edgebed-host-lead-ms"] = f"{host_lead_ms:.4f}"
+    if op is not None:
+        if op.start == 0:
+            return "chain", {**headers, "content-type": "application/octet-stream"}, request.image
+        if tensor is None:
+            raise ValueError(f"stage {op.label} of {route} starts at cut {op.start}: no tensor")
+        return "chain", {**headers, **tensor_headers(tensor)}, tensor.data
     if request.kind == "cv":
         return request.kind, {**headers, "content-type": "application/octet-stream"}, request.image
     body = {
@@ -181,6 +282,23 @@ def parse_answer(attempt: Attempt, payload: dict[str, Any]) -> None:
     if "tokens" in payload:
         tokens = payload["tokens"]
         attempt.tokens = int(tokens if isinstance(tokens, int | float) else len(tokens))
+    top = payload.get("top_k")
+    if isinstance(top, dict) and "indices" in top:
+        attempt.topk = tuple(int(i) for i in top["indices"])
+        attempt.probs = tuple(round(float(v), 4) for v in top["values"])
+    elif isinstance(payload.get("probabilities"), list):
+        attempt.probs = tuple(round(float(v), 4) for v in payload["probabilities"])
+    if "exit" in payload and payload["exit"] is not None:
+        attempt.exit = int(payload["exit"])
+    if "cut" in payload and payload["cut"] is not None:
+        attempt.cut = int(payload["cut"])
+    if isinstance(payload.get("exits"), list):
+        attempt.exits = ",".join(f"{int(e['segment'])}:{float(e['confidence']):.4f}"
+                                 for e in payload["exits"])
+    if "bytes_in" in payload:
+        attempt.tensor_in_bytes = int(payload["bytes_in"])
+    if "bytes_out" in payload:
+        attempt.tensor_out_bytes = int(payload["bytes_out"])
 
 
 async def run_attempt(
@@ -192,13 +310,16 @@ async def run_attempt(
     timeout_s: float,
     t_intended: float,
     host_lead_ms: float = 0.0,
+    op: ChainOp | None = None,
+    tensor: Any = None,
+    top_k: int | None = None,
 ) -> Attempt:
     """Send one attempt and classify what happened; never raises (except cancellation).
 
     ``timeout_s`` is what is left of the request's budget; when nothing is left the attempt is
     not sent (outcome ``not_sent``), when it runs out while waiting the client gives up
     (``abandoned``; what the tier does with the work is its ``on_disconnect`` setting)."""
-    attempt = Attempt(route=route)
+    attempt = Attempt(route=route, stage=op.label if op is not None else "")
     t0 = time.perf_counter()
     attempt.start_ms = (t0 - t_intended) * 1e3
     if timeout_s <= 0:
@@ -206,8 +327,12 @@ async def run_attempt(
         attempt.error = "request budget spent before this attempt"
         return attempt
     try:
-        kind, headers, body = build_http_request(route, request, host_lead_ms)
+        kind, headers, body = build_http_request(route, request, host_lead_ms, op, tensor)
         url = _endpoint_url(base_url, kind, split_route(route)[1])
+        if op is not None:
+            url = url.with_query(op.query(split_route(route)[1]))
+        elif top_k is not None and kind == "cv":
+            url = url.update_query(top_k=str(top_k))
         async with client.post(url, data=body, headers=headers,
                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
             content = await resp.read()
@@ -217,7 +342,11 @@ async def run_attempt(
                                        sent.headers) + len(body)
         attempt.bytes_rx = _head_bytes(f"HTTP/1.1 {resp.status} {resp.reason}\r\n",
                                        resp.headers) + len(content)
-        if resp.status == 200:
+        if resp.status == 200 and resp.content_type == TENSOR_TYPE:
+            parse_answer(attempt, json.loads(resp.headers[ANSWER_HEADER]))
+            attempt.tensor = read_tensor(resp.headers, content)
+            attempt.outcome = "ok"
+        elif resp.status == 200:
             parse_answer(attempt, json.loads(content))
             attempt.outcome = "ok"
         elif resp.status == 503:

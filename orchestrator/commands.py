@@ -123,9 +123,13 @@ def _run(args: argparse.Namespace) -> int:
         }
         result = run_experiment(exp, out, targets=urls, run_info=run_info,
                                 plots=not args.no_plots, metrics_port=args.metrics_port)
+    from orchestrator.research_report import format_research
     from orchestrator.summary import format_summary
 
     print(format_summary(result.summary))
+    decisions = format_research(result.records)
+    if decisions:
+        print(decisions)
     print(f"\nrun directory: {result.run_dir}")
     if result.interrupted:
         print("interrupted: records so far were kept; requests not sent are recorded as "

@@ -98,6 +98,19 @@ def device_side_mj(attempt: Attempt, radio: RadioModel) -> tuple[float, float]:
     return device, attempt.remote_energy_mj
 
 
+def overlap_s(attempts: Sequence[Attempt]) -> float:
+    """Seconds by which the attempts' intervals (start, start + latency) overlap: their summed
+    length minus the length of their union (0 for attempts one after another)."""
+    spans = sorted((a.start_ms, a.start_ms + a.latency_ms) for a in attempts if a.latency_ms > 0)
+    total = sum(b - a for a, b in spans)
+    union, end = 0.0, float("-inf")
+    for a, b in spans:
+        if b > end:
+            union += b - max(a, end)
+            end = b
+    return max(0.0, total - union) / 1e3
+
+
 @register_energy_model("device")
 class DeviceEnergy:
     name = "device"
@@ -112,6 +125,10 @@ class DeviceEnergy:
             d, r = device_side_mj(a, self.radio)
             device += d
             remote += r
+        # attempts in flight at the same time (a fan-out) share one radio: its waiting is paid
+        # once for the time covered, not once per attempt
+        device -= self.radio.wait_power_mw * overlap_s(
+            [a for a in attempts if self.radio.local_tier not in (a.tier, a.hw_class)])
         return EnergyBreakdown(device, remote, simulator_energy_mj(accepted))
 
 

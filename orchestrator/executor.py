@@ -109,7 +109,11 @@ class Executor(Protocol):
     def knows(self, group: str, node: str) -> bool: ...
 
     async def attempt(self, route: str, request: Request, *, group: str, timeout_s: float,
-                      t_intended: float, host_lead_ms: float = 0.0) -> Attempt: ...
+                      t_intended: float, host_lead_ms: float = 0.0,
+                      **stage: Any) -> Attempt:
+        """``stage`` (only when a policy asks for one): ``op`` (a ``ChainOp``: the attempt is a
+        chain stage), ``tensor`` (the cut tensor it carries), ``top_k``."""
+        ...
 
 
 class HttpExecutor:
@@ -143,7 +147,8 @@ class HttpExecutor:
         return self.url(group, node) is not None
 
     async def attempt(self, route: str, request: Request, *, group: str, timeout_s: float,
-                      t_intended: float, host_lead_ms: float = 0.0) -> Attempt:
+                      t_intended: float, host_lead_ms: float = 0.0,
+                      **stage: Any) -> Attempt:
         node = route.split("/", 1)[0]
         url = self.url(group, node)
         if url is None:
@@ -151,4 +156,4 @@ class HttpExecutor:
                            error=f"no target URL for node {node} from group {group}")
         assert self._session is not None, "HttpExecutor used outside 'async with'"
         return await run_attempt(self._session, url, route, request, timeout_s=timeout_s,
-                                 t_intended=t_intended, host_lead_ms=host_lead_ms)
+                                 t_intended=t_intended, host_lead_ms=host_lead_ms, **stage)

@@ -412,6 +412,9 @@ class Experiment(BaseModel):
             for model, m in tier.models.items():
                 if m.latency_ms is not None:
                     row[model] = float(m.latency_ms)
+            for chain, c in getattr(tier, "chains", {}).items():
+                if c.latency_ms is not None:
+                    row[chain] = float(c.latency_ms)
             for model, lm in tier.lm.items():
                 if lm.ttft_ms is None or lm.tpot_ms is None:
                     continue
@@ -479,9 +482,17 @@ class Experiment(BaseModel):
         from orchestrator.policies import NodeInfo
 
         rtt = self.rtt_mean_ms(group)
+        paths = self.group_paths(group)
+        rates: dict[str, tuple[float | None, float | None]] = {}
+        for name, path in paths.items():
+            rates[name] = tuple(  # type: ignore[assignment]
+                min((r for h in path.hops
+                     if (r := getattr(self.links[h], d).rate_mbit) is not None), default=None)
+                for d in ("up", "down"))
         return {name: NodeInfo(name, str(self.tiers[name].node_class), rtt.get(name, 0.0),
-                               self.tiers[name].concurrency,
-                               tuple(self.tiers[name].served_models))
+                               self.tiers[name].concurrency, served(self.tiers[name]),
+                               *rates.get(name, (None, None)),
+                               active_w=float(self.tiers[name].power.active_w))
                 for name in self.reachable(group)}
 
     def rtt_mean_ms(self, group: str | None = None) -> dict[str, float]:
@@ -497,13 +508,17 @@ class Experiment(BaseModel):
         return Topology(links=dict(self.links), seed=self.seeds.links)
 
     def policy_labels(self) -> list[str]:
-        """Record label per policy: its name, or name[params] when a name appears twice (the
-        duplicate check rejects two listings with the same params)."""
-        names = [p.name for p in self.policies]
+        """Record label per policy: its name, or name[params] when a name appears twice,
+        listing the params that tell the listings of that name apart (a param every listing
+        gives the same value is left out; the duplicate check rejects two listings with the
+        same params)."""
         out = []
         for p in self.policies:
-            if names.count(p.name) > 1 and p.params:  # the one without params keeps the name
-                out.append(f"{p.name}[{','.join(f'{k}={v}' for k, v in sorted(p.params.items()))}]")
+            same = [q.params for q in self.policies if q.name == p.name]
+            shown = {k: v for k, v in sorted(p.params.items())
+                     if any(k not in other or other[k] != v for other in same)}
+            if len(same) > 1 and shown:  # the one without params keeps the name
+                out.append(f"{p.name}[{','.join(f'{k}={v}' for k, v in shown.items())}]")
             else:
                 out.append(p.name)
         return out
@@ -621,6 +636,11 @@ def _check_links(exp: Experiment) -> list[str]:
     return problems
 
 
+def served(tier: TierConfig) -> tuple[str, ...]:
+    """What a node answers for: its vision and LM models and its chains."""
+    return (*tier.served_models, *getattr(tier, "chains", {}))
+
+
 def _check_policies(exp: Experiment) -> list[str]:
     """Every route a policy may take, for every device group, resolves to a node the group
     reaches that serves the route's model (only the request kinds the group's workload
@@ -675,11 +695,11 @@ def _check_policies(exp: Experiment) -> list[str]:
                         f"which no path from {group.name} reaches (reached: "
                         f"{', '.join(reach) or 'none'}); add a link or a path"
                     )
-                elif model not in exp.tiers[tier].served_models:
-                    served = ", ".join(exp.tiers[tier].served_models)
+                elif model not in served(exp.tiers[tier]):
                     problems.append(
                         f"policies[{i}] ({pol.name}): route {route} needs model {model!r}, which "
-                        f"node {tier} does not serve (tiers.{tier}.models/lm: {served})"
+                        f"node {tier} does not serve (tiers.{tier}.models/lm/chains: "
+                        f"{', '.join(served(exp.tiers[tier]))})"
                     )
     return list(dict.fromkeys(problems))
 

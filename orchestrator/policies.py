@@ -62,7 +62,10 @@ class NodeInfo:
     node_class: str
     rtt_ms: float = 0.0
     concurrency: int = 1
-    models: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()  # vision and LM models and chains (empty: unknown)
+    rate_mbit: float | None = None  # the slowest configured link rate on the path, up (None: none)
+    down_rate_mbit: float | None = None  # ... and down, towards the device
+    active_w: float = 0.0  # the node's configured active power (its class profile)
 
 
 def default_nodes() -> dict[str, NodeInfo]:
@@ -145,7 +148,7 @@ class LatencyPredictor:
         self._observed[key] = (1 - self.ewma_alpha) * prev + self.ewma_alpha * latency_ms
 
 
-AttemptFn = Callable[[str], Awaitable[Attempt]]
+AttemptFn = Callable[..., Awaitable[Attempt]]
 
 
 def _wall_clock() -> float:
@@ -169,6 +172,7 @@ class PolicyContext:
         nodes: Mapping[str, NodeInfo] | None = None,
         access: str | None = None,
         clock: Callable[[], float] = _wall_clock,
+        radio: Any = None,
     ) -> None:
         self.request = request
         self._attempt_fn = attempt_fn
@@ -176,10 +180,14 @@ class PolicyContext:
         self.t_intended = t_intended
         self.nodes: Mapping[str, NodeInfo] = nodes if nodes is not None else default_nodes()
         self.access = access
+        self.radio = radio  # the device group's radio (energy.RadioModel), when it has one
         self.device = request.device
         self.group = request.group
         self._now = clock
         self.attempts: list[Attempt] = []
+        # what the policy chose beyond routes (a cut, an exit threshold, the variants asked):
+        # recorded as the record's ``decision`` (key=value joined by ";")
+        self.decision: dict[str, Any] = {}
 
     def resolve(self, route: str) -> str:
         """``node/model`` for a route or selector, from this request's device; raises
@@ -189,11 +197,19 @@ class PolicyContext:
             raise ValueError(why)
         return "/".join(split_route(resolved))  # one spelling: node names in lower case
 
-    async def attempt(self, route: str) -> Attempt:
+    async def attempt(self, route: str, *, timeout_ms: float | None = None,
+                      **stage: Any) -> Attempt:
+        """Run one attempt on ``route`` (a selector is resolved first). ``timeout_ms`` bounds
+        this attempt below the request's budget (a fan-out answering at the deadline);
+        ``stage`` makes it a chain stage: ``op`` (``client.ChainOp``), ``tensor`` (the cut
+        tensor to send), ``top_k``."""
         route = self.resolve(route)
-        a = await self._attempt_fn(route)
+        if timeout_ms is None and not stage:
+            a = await self._attempt_fn(route)
+        else:
+            a = await self._attempt_fn(route, timeout_ms=timeout_ms, **stage)
         self.attempts.append(a)
-        if a.ok:
+        if a.ok and not stage:  # a stage is part of a route: its time is not the route's
             self.predictor.observe(route, self.request.length, a.latency_ms)
         return a
 
@@ -524,3 +540,7 @@ def make_policy(name: str, params: dict[str, Any] | None = None,
     policy = cls(**params)
     policy.bind(nodes if nodes is not None else default_nodes())
     return policy
+
+
+# policies with multi-stage routes (early exit, split computing, variant parallelism)
+from orchestrator import policies_research  # noqa: E402,F401  (registers them)

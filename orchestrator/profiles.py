@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import re
 
+from models.catalog import served_names
 from services.tier import classes as _classes
 from services.tier import simulator as _tier_sim
 
 TIERS: tuple[str, ...] = _classes.DEFAULT_NODES
 CV_MODELS: tuple[str, ...] = _tier_sim.VISION_MODELS
 LM_MODELS: tuple[str, ...] = _tier_sim.LM_MODELS
+# the research models a route may name too: chains (split-int8, exit-int8, ...), variants, and
+# the multi-scale versions (models/manifest.json, research)
+RESEARCH_MODELS: tuple[str, ...] = tuple(n for n in served_names() if n not in CV_MODELS)
 
 # The simulator's per-tier tables live once, in services/tier/simulator.py (the tiers' defaults);
 # Model latency on each tier in ms (simulator table). The cloud LLM uses CLOUD "slm" as base.
@@ -56,10 +60,12 @@ def split_route(route: str) -> tuple[str, str]:
     """
     node, sep, model = str(route).partition("/")
     node = node.lower()
-    if not sep or not NODE_NAME.match(node) or model not in (*CV_MODELS, *LM_MODELS):
+    if not sep or not NODE_NAME.match(node) or model not in (*CV_MODELS, *LM_MODELS,
+                                                             *RESEARCH_MODELS):
         raise ValueError(
             f"route must be node/model (or @class/model) with a node name (e.g. "
-            f"{', '.join(TIERS)}) and model in {[*CV_MODELS, *LM_MODELS]}, got {route!r}"
+            f"{', '.join(TIERS)}) and model in {[*CV_MODELS, *LM_MODELS]} (or a research "
+            f"model: {', '.join(RESEARCH_MODELS)}), got {route!r}"
         )
     return node, model
 

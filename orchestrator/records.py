@@ -50,6 +50,9 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "queue_ms",
     "send_lag_ms",
     "hop_ms",
+    "decision",
+    "tensor_bytes",
+    "exit",
     "device_energy_mj",
     "system_energy_mj",
     "remote_energy_mj",
@@ -82,6 +85,7 @@ def make_record(
     outcome: str | None = None,
     phase: str = "",
     paths: dict[str, str] | None = None,
+    decision: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One row of records.csv.
 
@@ -142,6 +146,10 @@ def make_record(
         "queue_ms": sum(a.queue_ms for a in attempts),
         "send_lag_ms": send_lag_ms,
         "hop_ms": "",  # filled at the end of the run from the link proxy's hop log
+        "decision": ";".join(f"{k}={v}" for k, v in (decision or {}).items()),
+        # tensor (or image) bytes the request's chain stages sent to nodes (their bodies)
+        "tensor_bytes": sum(a.tensor_in_bytes for a in sent),
+        "exit": accepted.exit if answered and accepted is not None else -1,
         "device_energy_mj": energy.device_energy_mj,
         "system_energy_mj": energy.system_energy_mj,
         "remote_energy_mj": energy.remote_energy_mj,
@@ -223,7 +231,8 @@ def read_records(path: str | Path) -> pd.DataFrame:
     return _normalise(df)
 
 
-_INT_COLS = ("id", "n_attempts", "prediction", "label", "deadline_ms", "image_index", "tokens")
+_INT_COLS = ("id", "n_attempts", "prediction", "label", "deadline_ms", "image_index", "tokens",
+             "tensor_bytes", "exit")
 _BOOL_COLS = ("correct", "deadline_met")
 _STR_COLS = (
     "policy",
@@ -237,6 +246,7 @@ _STR_COLS = (
     "node_class",
     "path",
     "hop_ms",
+    "decision",
     "attempts",
     "outcome",
     "phase",
@@ -245,11 +255,15 @@ _STR_COLS = (
 )
 
 
+_MISSING = {"exit": "-1", "tensor_bytes": "0"}  # columns an older records.csv lacks
+
+
 def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=df.index)
     for col in RECORD_COLUMNS:
         # a column an older records.csv lacks (device, group) reads as empty
-        s = df[col] if col in df.columns else pd.Series([""] * len(df), index=df.index)
+        missing = _MISSING.get(col, "")
+        s = df[col] if col in df.columns else pd.Series([missing] * len(df), index=df.index)
         if col in _STR_COLS:
             out[col] = s.fillna("").astype(str)
         elif col in _BOOL_COLS:

@@ -204,21 +204,25 @@ async def replay_policy(
         budget_end = t_intended + settings.request_budget(req.deadline_ms)
         view = run.view(stream.group)
 
-        async def attempt_fn(route: str) -> Attempt:
+        async def attempt_fn(route: str, timeout_ms: float | None = None,
+                             **stage: Any) -> Attempt:
             node = route.split("/", 1)[0]
             node_class = run.node_classes.get(node, "")
             if not executor.knows(stream.group, node):
                 return Attempt(route=route, outcome="error", node_class=node_class,
                                error=f"no target for node {node} from device group "
                                      f"{stream.group}")
+            end = budget_end if timeout_ms is None else min(budget_end,
+                                                              clock.now() + timeout_ms / 1e3)
             attempt = await executor.attempt(
-                route, req, group=stream.group, timeout_s=budget_end - clock.now(),
-                t_intended=t_intended, host_lead_ms=leads.get(node, 0.0))
+                route, req, group=stream.group, timeout_s=end - clock.now(),
+                t_intended=t_intended, host_lead_ms=leads.get(node, 0.0), **stage)
             attempt.node_class = node_class
             return attempt
 
         ctx = PolicyContext(req, attempt_fn, view.predictor, t_intended, nodes=view.nodes,
-                            access=view.access, clock=clock.now)
+                            access=view.access, clock=clock.now,
+                            radio=getattr(view.energy_model, "radio", None))
         accepted: Attempt | None = None
         outcome: str | None = None
         error = ""
@@ -249,6 +253,7 @@ async def replay_policy(
                 outcome=outcome,
                 phase=phase_at(t_pass, scenario),
                 paths=view.paths,
+                decision=ctx.decision,
             )
             if error:
                 row["error"] = error

@@ -42,6 +42,7 @@ from orchestrator.metrics import OrchestratorMetrics
 from orchestrator.policies import LatencyPredictor, make_policy
 from orchestrator.records import RecordWriter, make_record, records_frame
 from orchestrator.replay import GroupView, Pass, PassStats, normalise_targets, replay
+from orchestrator.research_report import write_research
 from orchestrator.scenario import AppliedEvent, StackController
 from orchestrator.summary import summarize, summarize_groups, write_summary
 from orchestrator.workload import EvalSet
@@ -446,6 +447,7 @@ async def arun_experiment(
         }
     )
     write_run_dir(run_dir, records, summary, info, plots=plots)
+    write_research(records, run_dir, plots=plots, title=exp.name)
     return RunResult(records, summary, run_dir, passes_done, interrupted, port, events)
 
 

@@ -246,6 +246,7 @@ def demo(
 ) -> int:
     """Up, run every policy of ``config``, print the summary and where outputs are, down."""
     from orchestrator.experiment import ExperimentError, import_plugins, load_experiment
+    from orchestrator.research_report import format_research
     from orchestrator.run import prepare_run_dir
     from orchestrator.summary import format_summary
 
@@ -290,6 +291,10 @@ def demo(
         print()
         print(format_summary(result.summary))
         print()
+        decisions = format_research(result.records)
+        if decisions:
+            print(decisions)
+            print()
         print(f"run directory: {result.run_dir}  (records.csv, summary.csv, run.json)")
         print(f"plots:         {result.run_dir / 'plots'}")
         print("device time, energy and the LLM are emulated (see run.json 'emulated')")

@@ -20,3 +20,18 @@ def no_stray_processes():
     yield
     stray = strays(before)
     assert not stray, f"processes left running after the test session: {stray}"
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    """A stack state directory; whatever a test did, nothing it started may outlive it."""
+    from stack_testutil import processes_mentioning
+
+    from orchestrator.stack import manager
+
+    d = tmp_path / "state"
+    yield d
+    left = processes_mentioning(str(d))
+    if left:
+        manager.down(d)
+    assert not left, f"test left processes running: {left}"

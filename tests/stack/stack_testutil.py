@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,6 +14,18 @@ REPO = Path(__file__).resolve().parents[2]
 SEED = REPO / "experiments" / "seed.yaml"
 
 
+def run_on_local_stack(exp: object, state_dir: Path, **kw: object) -> Any:
+    """``edgebed up`` of ``exp`` (no Prometheus), one run into ``state_dir/run``, ``down``."""
+    from orchestrator.stack import manager
+    from orchestrator.stack.demo import run_on_stack
+
+    state = manager.up(exp, state_dir, prometheus="off")
+    try:
+        result, _ = run_on_stack(exp, state, state_dir / "run", progress=False, plots=False,
+                                 log=lambda _: None, **kw)
+    finally:
+        manager.down(state_dir)
+    return result
 
 
 def processes_mentioning(text: str) -> dict[int, str]:

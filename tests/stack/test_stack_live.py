@@ -8,12 +8,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
-from stack_testutil import SEED, processes_mentioning, quick_experiment
+from stack_testutil import SEED, processes_mentioning, quick_experiment, run_on_local_stack
 
 from orchestrator.experiment import load_experiment
 from orchestrator.stack import manager
@@ -30,28 +29,6 @@ pytestmark = pytest.mark.slow
 def assert_nothing_running(state_dir: Path) -> None:
     left = processes_mentioning(str(state_dir))
     assert not left, f"processes still running for {state_dir}: {left}"
-
-
-def run_on_local_stack(exp: object, state_dir: Path, **kw: object) -> Any:
-    """``edgebed up`` of ``exp`` (no Prometheus), one run into ``state_dir/run``, ``down``."""
-    state = manager.up(exp, state_dir, prometheus="off")
-    try:
-        result, _ = run_on_stack(exp, state, state_dir / "run", progress=False, plots=False,
-                                 log=lambda _: None, **kw)
-    finally:
-        manager.down(state_dir)
-    return result
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path):
-    d = tmp_path / "state"
-    yield d
-    # whatever a test did, leave nothing behind (and fail loudly if something was)
-    left = processes_mentioning(str(d))
-    if left:
-        manager.down(d)
-    assert not left, f"test left processes running: {left}"
 
 
 def test_up_status_down(tmp_path: Path, state_dir: Path) -> None:
