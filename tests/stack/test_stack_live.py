@@ -246,14 +246,18 @@ def test_hierarchy_crosses_every_hop_of_the_path(state_dir: Path) -> None:
     # per-hop network time from the proxy's hop log: every record has each hop's time, in
     # path order, and the hops' times add up to (at most) the record's network time.
     # network_ms is the attempt's wall time minus the tier's service time, and the tier ends
-    # its hold host_lead_ms early (the host's own overhead), so the bound carries the lead
+    # its hold host_lead_ms early (the host's own overhead), so the bound carries the lead.
+    # The hops are stamped by the proxy, the attempt by the client, the service by the tier:
+    # three processes, so the bound keeps 2 ms for their scheduling on a loaded host (a CI run
+    # with every core busy overshot 0.5 ms by 1.5 ms once); a hop counted twice (>= 2 ms up on
+    # every hop here) still fails it
     assert info["hop_log"]["rows"] == n * 3 * 2
     for row in rec.itertuples():
         times = json.loads(row.hop_ms)
         assert list(times) == hops, row.hop_ms
         total = sum(up + down for up, down in times.values())
         lead = sum(a["host_lead_ms"] for a in json.loads(row.attempts_json))
-        assert 0.8 * row.network_ms - 2.0 <= total <= row.network_ms + lead + 0.5, (
+        assert 0.8 * row.network_ms - 2.0 <= total <= row.network_ms + lead + 2.0, (
             row.hop_ms, row.network_ms, lead)
     hop_csv = (result.run_dir / "hops.csv").read_text().splitlines()
     assert hop_csv[0] == "policy,id,route,link,direction,ms" and len(hop_csv) == 1 + n * 6
